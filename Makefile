@@ -1,0 +1,31 @@
+# Two commands set everything up on a fresh clone (Python >= 3.11, make, bash):
+#   make demo   - create .venv, install, train every stage on the bundled photos, report results
+#   make test   - create .venv, install with test extras, run lint and the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+WORKDIR ?= runs/demo
+
+.PHONY: demo test lint install clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/hybridflow demo --config configs/demo.py --workdir $(WORKDIR)
+
+lint: install
+	$(BIN)/ruff check hybridflow_jax tests configs
+
+test: lint
+	$(BIN)/python -m pytest tests
+
+clean:
+	rm -rf $(VENV) runs

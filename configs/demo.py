@@ -1,0 +1,25 @@
+"""HybridFlow on the bundled demo photos: the README's main command, minutes on a 2-core CPU.
+
+    make demo        # or: hybridflow demo --config configs/demo.py --workdir runs/demo
+
+Sizes are ours: the full architecture at a width a laptop CPU trains in minutes.
+"""
+
+from hybridflow_jax.config import base_config
+
+
+def get_config():
+  c = base_config()
+  c.image_size = 128                    # 8x8 tokens per crop
+  c.eval_size = 256
+  c.model.vq.update(channels=32, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=1, embed_dim=32,
+                    num_codes=256, groups=8)
+  c.model.continuous.update(channels=48, latent_channels=32, hyper_channels=32, head_channels=32)
+  c.model.transformer.update(dim=128, depth=4, heads=4, mlp_dim=256, dropout=0.0, decode_steps=6)
+  c.model.bridge.fusion_hidden = 32
+  c.model.masking.region = 4
+  c.model.discriminator.update(channels=32, layers=3)
+  c.train.batch_size = 8
+  c.train.learning_rate = 3e-4
+  c.train.steps.update(vq=40, continuous=40, transformer=40, bridge=40, joint=0)
+  return c

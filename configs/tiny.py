@@ -1,0 +1,25 @@
+"""Tiny HybridFlow: for tests and quick checks on a CPU (64 px crops, a few seconds a stage).
+
+    hybridflow train --config configs/tiny.py --workdir /tmp/hf_tiny
+    hybridflow info --config configs/tiny.py
+
+Every size here is ours, chosen only to be small; the architecture is the full one.
+"""
+
+from hybridflow_jax.config import base_config
+
+
+def get_config():
+  c = base_config()
+  c.image_size = 64
+  c.model.vq.update(channels=8, channel_mult=(1, 1, 2, 2, 2), num_res_blocks=1, embed_dim=16,
+                    num_codes=64, groups=4)
+  c.model.continuous.update(channels=16, latent_channels=16, hyper_channels=8, head_channels=8)
+  c.model.transformer.update(dim=32, depth=2, heads=2, mlp_dim=64, dropout=0.0, decode_steps=4)
+  c.model.bridge.fusion_hidden = 8
+  c.model.masking.region = 2            # a 64 px crop is a 4x4 token grid: 2x2 regions
+  c.model.discriminator.update(channels=8, layers=2)
+  c.train.batch_size = 4
+  c.train.learning_rate = 1e-3
+  c.train.steps.update(vq=30, continuous=30, transformer=30, bridge=30, joint=0)
+  return c

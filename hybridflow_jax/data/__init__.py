@@ -1,0 +1,1 @@
+"""Input data: the bundled demo photographs, image folders and TFDS sources."""

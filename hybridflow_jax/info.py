@@ -1,0 +1,40 @@
+"""Parameter overview of a config's model, computed from shapes alone (`jax.eval_shape`)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import ml_collections
+from clu import parameter_overview
+
+from hybridflow_jax.models import hybridflow as hf
+from hybridflow_jax.models.discriminator import PatchDiscriminator
+
+
+def _count(tree) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def overview(cfg: ml_collections.ConfigDict, details: bool = False) -> str:
+  """A per-component table of parameter counts (and the full table when `details`)."""
+  model = hf.build_model(cfg)
+  shapes = hf.param_shapes(model)
+  d = cfg.model.discriminator
+  disc = jax.eval_shape(
+      lambda r, x: PatchDiscriminator(d.channels, d.layers).init(r, x)["params"],
+      jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jax.numpy.float32))
+  rows = [(name, _count(tree)) for name, tree in shapes.items()]
+  rows += [(f"continuous/{k}", _count(v)) for k, v in shapes["continuous"].items()]
+  total = _count(shapes)
+  lines = []
+  if details:
+    lines += [parameter_overview.get_parameter_overview(shapes, include_stats=False), ""]
+  lines += [f"{'component':<32s} {'parameters':>14s}", "-" * 47]
+  lines += [f"{name:<32s} {n:>14,d}" for name, n in rows]
+  lines += ["-" * 47, f"{'HybridFlow total':<32s} {total:>14,d}",
+            f"{'discriminator (training only)':<32s} {_count(disc):>14,d}"]
+  vq = cfg.model.vq
+  lines += ["", f"codebook K={vq.num_codes} x D={vq.embed_dim}, token stride {hf.STRIDE}, "
+                f"transformer {cfg.model.transformer.depth} x {cfg.model.transformer.dim}"]
+  return "\n".join(lines)

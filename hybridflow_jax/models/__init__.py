@@ -1,0 +1,1 @@
+"""HybridFlow's modules. See `hybridflow.py` for how they compose."""

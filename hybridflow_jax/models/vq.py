@@ -1,0 +1,145 @@
+"""The codebook stream: a VQGAN-style tokenizer (encoder, codebook, pixel decoder).
+
+Images enter as [B, H, W, 3] float32 in [0, 1]; the encoder works in [-1, 1] internally. The token
+grid is at stride 2 ** (len(channel_mult) - 1) (16 in every shipped config).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hybridflow_jax.models.layers import Downsample, ResBlock, Upsample, ZeroFusion, num_groups
+
+
+class VQEncoder(nn.Module):
+  """[B, H, W, 3] in [0, 1] -> [B, H/s, W/s, embed_dim] continuous pre-quantisation latent."""
+
+  channels: int
+  channel_mult: Sequence[int]
+  num_res_blocks: int
+  embed_dim: int
+  groups: int = 32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = nn.Conv(self.channels, (3, 3), name="conv_in")(x * 2.0 - 1.0)
+    for i, mult in enumerate(self.channel_mult):
+      for j in range(self.num_res_blocks):
+        h = ResBlock(self.channels * mult, self.groups, name=f"down{i}_res{j}")(h)
+      if i < len(self.channel_mult) - 1:
+        h = Downsample(self.channels * mult, name=f"down{i}_sample")(h)
+    h = ResBlock(h.shape[-1], self.groups, name="mid_res0")(h)
+    h = ResBlock(h.shape[-1], self.groups, name="mid_res1")(h)
+    h = nn.swish(nn.GroupNorm(num_groups(h.shape[-1], self.groups), name="norm_out")(h))
+    return nn.Conv(self.embed_dim, (1, 1), name="conv_out")(h)
+
+
+class PixelDecoder(nn.Module):
+  """[B, h, w, embed_dim] codewords -> [B, h*s, w*s, 3] image in (about) [0, 1].
+
+  With `fuse=True` the same network also takes a conditioning map (the continuous latent) that is
+  injected at every scale through `ZeroFusion` layers. Those layers start at zero and every other
+  parameter keeps its name, so a fused decoder initialised from a plain decoder's params computes
+  exactly the same image: this is the bridging correction network's "duplicate decoder".
+  """
+
+  channels: int
+  channel_mult: Sequence[int]
+  num_res_blocks: int
+  groups: int = 32
+  fuse: bool = False
+  fusion_hidden: int = 64
+
+  @nn.compact
+  def __call__(self, q: jax.Array, cond: jax.Array | None = None) -> jax.Array:
+    if self.fuse and cond is None:
+      raise ValueError("a fused PixelDecoder needs the conditioning latent `cond`")
+    levels = list(enumerate(self.channel_mult))[::-1]
+    h = nn.Conv(self.channels * self.channel_mult[-1], (3, 3), name="conv_in")(q)
+    h = ResBlock(h.shape[-1], self.groups, name="mid_res0")(h)
+    h = ResBlock(h.shape[-1], self.groups, name="mid_res1")(h)
+    for i, mult in levels:
+      if self.fuse:
+        h = ZeroFusion(h.shape[-1], self.fusion_hidden, name=f"fuse{i}")(h, cond)
+      for j in range(self.num_res_blocks):
+        h = ResBlock(self.channels * mult, self.groups, name=f"up{i}_res{j}")(h)
+      if i > 0:
+        h = Upsample(self.channels * mult, name=f"up{i}_sample")(h)
+    h = nn.swish(nn.GroupNorm(num_groups(h.shape[-1], self.groups), name="norm_out")(h))
+    return nn.Conv(3, (3, 3), name="conv_out")(h) * 0.5 + 0.5
+
+
+class VectorQuantizer(nn.Module):
+  """Nearest-codeword lookup in a learned K x D codebook, with straight-through gradients.
+
+  `distance` is "l2" (VQ-VAE) or "cosine" (codes and latents l2-normalised first, as in ViT-VQGAN;
+  it keeps more codes alive).
+  """
+
+  num_codes: int
+  code_dim: int
+  distance: str = "l2"
+
+  def setup(self):
+    if self.distance not in ("l2", "cosine"):
+      raise ValueError(f"vq distance must be 'l2' or 'cosine', got {self.distance!r}")
+    self.codebook = self.param(
+        "codebook", nn.initializers.variance_scaling(1.0, "fan_in", "uniform"),
+        (self.num_codes, self.code_dim))
+
+  def _prepare(self, v: jax.Array) -> jax.Array:
+    if self.distance == "cosine":
+      return v * jax.lax.rsqrt(jnp.sum(v * v, axis=-1, keepdims=True) + 1e-12)
+    return v
+
+  def codewords(self) -> jax.Array:
+    """[K, D] the vectors that indices stand for (normalised under the cosine distance)."""
+    return self._prepare(self.codebook)
+
+  def lookup(self, indices: jax.Array) -> jax.Array:
+    """[...] int -> [..., D] codewords."""
+    return jnp.take(self.codewords(), indices, axis=0)
+
+  def __call__(self, z: jax.Array) -> dict[str, jax.Array]:
+    """z: [B, h, w, D]. Returns quantised (straight-through), indices, losses and code counts."""
+    z = self._prepare(z)
+    codes = self.codewords()
+    flat = z.reshape(-1, z.shape[-1])
+    dist = (jnp.sum(flat * flat, axis=1, keepdims=True) - 2.0 * flat @ codes.T +
+            jnp.sum(codes * codes, axis=1)[None, :])
+    indices = jnp.argmin(dist, axis=1)
+    q = jnp.take(codes, indices, axis=0).reshape(z.shape)
+    return {
+        "quantized": z + jax.lax.stop_gradient(q - z),
+        "indices": indices.reshape(z.shape[:-1]),
+        # VQ-VAE's two terms: move codes toward encoder outputs, and keep the encoder committed.
+        "codebook_loss": jnp.mean(jnp.square(jax.lax.stop_gradient(z) - q)),
+        "commitment_loss": jnp.mean(jnp.square(z - jax.lax.stop_gradient(q))),
+        "code_counts": jnp.zeros(self.num_codes, jnp.float32).at[indices].add(1.0),
+        "latent": z,
+    }
+
+
+def update_code_usage(usage: jax.Array, counts: jax.Array, decay: float) -> jax.Array:
+  """Exponential moving average of per-code usage frequencies ([K], sums to about 1)."""
+  freq = counts / jnp.maximum(jnp.sum(counts), 1.0)
+  return decay * usage + (1.0 - decay) * freq
+
+
+def restart_dead_codes(codebook: jax.Array, usage: jax.Array, latents: jax.Array,
+                       rng: jax.Array, min_usage: float) -> tuple[jax.Array, jax.Array]:
+  """Re-seeds codes whose usage fell below `min_usage` with randomly drawn encoder outputs.
+
+  codebook: [K, D]; usage: [K] frequencies; latents: [N, D] recent encoder outputs (N >= 1).
+  Returns the new codebook and a [K] bool mask of the codes that were restarted. Pure and jit-able.
+  """
+  dead = usage < min_usage
+  picks = jax.random.randint(rng, (codebook.shape[0],), 0, latents.shape[0])
+  # A little noise keeps two restarted codes that drew the same latent from staying identical.
+  noise = 1e-3 * jax.random.normal(jax.random.fold_in(rng, 1), codebook.shape)
+  fresh = latents[picks].astype(codebook.dtype) + noise
+  return jnp.where(dead[:, None], fresh, codebook), dead

@@ -1,0 +1,36 @@
+"""Shared fixtures: the tiny config, its model and one set of params for the whole session
+(jit compilation dominates the cost of small tests, so everything compiled is shared)."""
+
+import pathlib
+
+import jax
+import pytest
+
+from hybridflow_jax import config_io
+from hybridflow_jax.models import hybridflow as hf
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+  return config_io.load_config(ROOT / "configs" / "tiny.py")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config):
+  return hf.build_model(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_params(tiny_model):
+  return hf.init_params(tiny_model, jax.random.PRNGKey(0))
+
+
+@pytest.fixture(scope="session")
+def images():
+  """[2, 64, 64, 3] crops of two real photographs, float32 in [0, 1]."""
+  import numpy as np
+  from skimage import data
+  crops = [data.astronaut()[100:164, 200:264], data.coffee()[150:214, 300:364]]
+  return jax.numpy.asarray(np.stack(crops).astype(np.float32) / 255.0)

@@ -1,0 +1,68 @@
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hybridflow_jax.models import masking
+
+
+@pytest.mark.parametrize("name,block,frac", [("1_2", 2, 1 / 2), ("1_4", 2, 1 / 4),
+                                              ("1_9", 3, 1 / 9), ("1_16", 4, 1 / 16)])
+@pytest.mark.parametrize("multiple", [(1, 1), (3, 2), (4, 6)])
+def test_schedules_keep_exactly_their_fraction(name, block, frac, multiple):
+  h, w = block * multiple[0] * 2, block * multiple[1] * 2
+  keep = masking.keep_map(name, h, w)
+  assert keep.shape == (h, w) and keep.dtype == bool
+  assert keep.sum() == round(frac * h * w)
+  # One kept index in every block (the structured layout, not just the right count).
+  if name != "1_2":
+    blocks = keep.reshape(h // block, block, w // block, block).sum(axis=(1, 3))
+    assert (blocks == 1).all()
+
+
+def test_keep_map_works_for_any_grid_size():
+  keep = masking.keep_map("1_9", 5, 7)
+  assert keep.shape == (5, 7) and keep[0, 0] and keep.sum() == 2 * 3
+
+
+def test_unknown_schedule_is_one_clear_error():
+  with pytest.raises(ValueError, match="unknown mask schedule '1_3'"):
+    masking.keep_map("1_3", 4, 4)
+
+
+def _half_detailed_image(size=128, detailed="right"):
+  """Flat grey on one half, high-contrast random texture on the other."""
+  rng = np.random.default_rng(0)
+  img = np.full((size, size, 3), 0.5, np.float32)
+  texture = rng.uniform(0, 1, (size, size // 2, 1)).repeat(3, axis=2)
+  if detailed == "right":
+    img[:, size // 2:] = texture
+  else:
+    img[:, :size // 2] = texture
+  return jnp.asarray(img)
+
+
+@pytest.mark.parametrize("score", ["gradient", "variance"])
+@pytest.mark.parametrize("detailed", ["left", "right"])
+def test_dynamic_masking_gives_detail_the_denser_schedule(score, detailed):
+  # 128 px at stride 16 is an 8x8 token grid: with 4x4-token regions, 2x2 regions.
+  img = _half_detailed_image(detailed=detailed)
+  target = (1 / 4 + 1 / 16) / 2
+  keep, ids = masking.dynamic_mask(img, stride=16, region=4, target_keep=target,
+                                   names=("1_2", "1_4", "1_9", "1_16"), score=score)
+  ids = np.asarray(ids)
+  flat, rich = (ids[:, 0], ids[:, 1]) if detailed == "right" else (ids[:, 1], ids[:, 0])
+  # Lower id = denser schedule.
+  assert (rich < flat).all(), ids
+  assert float(np.mean(keep)) <= target + 1e-9
+  # The budget is used, not wasted: the flat half is not left denser than needed.
+  assert float(np.mean(keep)) > 1 / 16
+  np.testing.assert_array_equal(keep, masking.dynamic_keep_map(jnp.asarray(ids), 4, (8, 8)))
+
+
+@pytest.mark.parametrize("target", [0.07, 0.12, 0.2, 0.3, 0.5])
+def test_dynamic_masking_meets_its_budget_on_a_photo(target):
+  from skimage import data
+  img = jnp.asarray(data.astronaut()[:256, :256].astype(np.float32) / 255.0)
+  keep, ids = masking.dynamic_mask(img, stride=16, region=4, target_keep=target)
+  assert float(np.mean(keep)) <= target
+  assert ids.shape == (4, 4)

@@ -1,0 +1,105 @@
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hybridflow_jax import losses
+from hybridflow_jax.models import hybridflow as hf
+from hybridflow_jax.models.bridge import init_bridge_from_pixel_decoder
+from hybridflow_jax.models.vq import restart_dead_codes, update_code_usage
+
+
+def _groups(tree, depth=2):
+  """{'bridge/fuse0': subtree, ...}: parameter groups two levels down."""
+  out = {}
+  for k, v in tree.items():
+    if depth > 1 and isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()):
+      out.update({f"{k}/{kk}": vv for kk, vv in _groups(v, depth - 1).items()})
+    else:
+      out[k] = v
+  return out
+
+
+def _norm(tree):
+  return float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)))
+
+
+@pytest.mark.parametrize("stage", list(hf.STAGE_TRAINS))
+def test_gradients_reach_every_group_the_stage_trains(stage, tiny_config, tiny_model,
+                                                      tiny_params, images):
+  def loss_fn(p):
+    out = hf.forward(tiny_model, p, images, jax.random.PRNGKey(1), stage)
+    return losses.stage_loss(stage, out, images, tiny_config.losses)
+
+  (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(tiny_params)
+  assert np.isfinite(float(loss))
+  trained = _groups(hf.trainable(tiny_params, stage))
+  for name, sub in _groups(grads).items():
+    if all(jax.tree.leaves(trained[name])):
+      assert _norm(sub) > 0, f"{stage}: no gradient reaches {name}"
+    else:
+      assert _norm(sub) == 0, f"{stage}: frozen group {name} gets a gradient"
+  assert any(all(jax.tree.leaves(t)) for t in trained.values())
+
+
+def test_bridge_with_zero_fusion_equals_pixel_decoder(tiny_model, tiny_params, images):
+  params = flax.core.unfreeze(tiny_params)
+  params["bridge"] = init_bridge_from_pixel_decoder(params["bridge"], params["pixel_decoder"])
+  p = {"params": params}
+  indices = tiny_model.apply(p, images, method=hf.HybridFlow.tokenize)["indices"]
+  y_shape = tiny_model.apply(p, images, method=hf.HybridFlow.continuous_stream)["y_hat"].shape
+  # Untrained, y_hat rounds to zero; any latent must leave the output unchanged, so use a big one.
+  y_hat = jnp.round(3.0 * jax.random.normal(jax.random.PRNGKey(2), y_shape))
+  plain = tiny_model.apply(p, indices, method=hf.HybridFlow.render_codebook)
+  bridged = tiny_model.apply(p, indices, y_hat, method=hf.HybridFlow.render)
+  np.testing.assert_array_equal(plain, bridged)
+  # And the continuous latent does reach it once the fusion layers are no longer zero.
+  leaves, tree = jax.tree.flatten(params["bridge"])
+  keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
+  params["bridge"] = jax.tree.unflatten(
+      tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  moved = tiny_model.apply({"params": params}, indices, y_hat, method=hf.HybridFlow.render)
+  moved2 = tiny_model.apply({"params": params}, indices, y_hat * 2, method=hf.HybridFlow.render)
+  assert not np.allclose(moved, moved2)
+
+
+def test_bridge_init_rejects_a_decoder_of_another_size(tiny_params):
+  wrong = jax.tree.map(lambda x: jnp.zeros(x.shape + (1,)), tiny_params["pixel_decoder"])
+  with pytest.raises(ValueError, match="shape mismatch"):
+    init_bridge_from_pixel_decoder(tiny_params["bridge"], wrong)
+
+
+@pytest.mark.parametrize("schedule", ["1_4", "1_16", "dynamic"])
+def test_encode_decode_round(schedule, tiny_config, tiny_model, tiny_params, images):
+  keep, ids = hf.keep_maps(images, schedule, tiny_config.model.masking)
+  enc = hf.encode(tiny_model, tiny_params, images, keep)
+  assert enc["indices"].shape == (2, 4, 4) and enc["y_hat"].shape[:3] == (2, 4, 4)
+  # Transmitted latents are integers around the predicted mean; likelihoods are probabilities.
+  assert np.all((enc["y_likelihood"] > 0) & (enc["y_likelihood"] <= 1))
+  image, tokens = hf.decode(tiny_model, tiny_params, enc["indices"], keep, enc["y_hat"])
+  assert image.shape == images.shape and float(image.min()) >= 0 and float(image.max()) <= 1
+  np.testing.assert_array_equal(np.asarray(tokens)[np.asarray(keep)],
+                                np.asarray(enc["indices"])[np.asarray(keep)])
+  assert (ids is None) == (schedule != "dynamic")
+
+
+def test_quantizer_picks_the_nearest_code(tiny_model, tiny_params, images):
+  p = {"params": tiny_params}
+  out = tiny_model.apply(p, images, method=hf.HybridFlow.tokenize)
+  codes = tiny_params["quantizer"]["codebook"]
+  z = out["latent"].reshape(-1, codes.shape[1])
+  brute = np.argmin(((np.asarray(z)[:, None] - np.asarray(codes)[None]) ** 2).sum(-1), axis=1)
+  np.testing.assert_array_equal(out["indices"].reshape(-1), brute)
+  assert float(out["code_counts"].sum()) == z.shape[0]
+
+
+def test_dead_codes_are_restarted_and_live_ones_kept():
+  codebook = jnp.arange(12.0).reshape(4, 3)
+  usage = update_code_usage(jnp.full(4, 0.25), jnp.asarray([10.0, 0.0, 5.0, 0.0]), decay=0.0)
+  latents = jnp.full((5, 3), 100.0)
+  new, dead = restart_dead_codes(codebook, usage, latents, jax.random.PRNGKey(0), 1e-3)
+  np.testing.assert_array_equal(dead, [False, True, False, True])
+  np.testing.assert_array_equal(new[0], codebook[0])
+  np.testing.assert_array_equal(new[2], codebook[2])
+  assert np.allclose(new[1], 100.0, atol=0.01) and np.allclose(new[3], 100.0, atol=0.01)

@@ -1,0 +1,74 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hybridflow_jax.models import hybridflow as hf
+from hybridflow_jax.models import masking
+from hybridflow_jax.models.transformer import decode_tokens, training_mask
+
+
+@pytest.fixture(scope="module")
+def decoder(tiny_model, tiny_params):
+  p = {"params": tiny_params}
+  cfg = tiny_model.config
+  predict = lambda t, c: tiny_model.apply(p, t, c, method=hf.HybridFlow.predict_tokens)
+  return jax.jit(lambda tok, keep, ctx: decode_tokens(predict, tok, keep, ctx, cfg.vq.num_codes,
+                                                      cfg.transformer.decode_steps))
+
+
+@pytest.fixture(scope="module")
+def case(tiny_model):
+  k = tiny_model.config.vq.num_codes
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(0, k, (2, 4, 4)), jnp.int32)
+  keep = jnp.asarray(np.stack([masking.keep_map("1_4", 4, 4), masking.keep_map("1_16", 4, 4)]))
+  ctx = jnp.asarray(rng.normal(size=(2, 4, 4, tiny_model.config.continuous.latent_channels)),
+                    jnp.float32)
+  return tokens, keep, ctx
+
+
+def test_decoder_keeps_sent_tokens_and_fills_every_masked_one(decoder, case, tiny_model):
+  tokens, keep, ctx = case
+  out = np.asarray(decoder(tokens, keep, ctx))
+  np.testing.assert_array_equal(out[np.asarray(keep)], np.asarray(tokens)[np.asarray(keep)])
+  assert out.min() >= 0 and out.max() < tiny_model.config.vq.num_codes  # no MASK left
+
+
+def test_decoder_ignores_what_untransmitted_positions_held(decoder, case):
+  tokens, keep, ctx = case
+  garbage = jnp.where(keep, tokens, 7)
+  np.testing.assert_array_equal(decoder(tokens, keep, ctx), decoder(garbage, keep, ctx))
+
+
+def test_decoder_is_deterministic(decoder, case):
+  tokens, keep, ctx = case
+  np.testing.assert_array_equal(decoder(tokens, keep, ctx), decoder(tokens, keep, ctx))
+
+
+def test_cross_attention_is_wired(decoder, case, tiny_model, tiny_params):
+  tokens, keep, ctx = case
+  other = jnp.asarray(np.random.default_rng(1).normal(size=ctx.shape) * 3.0, jnp.float32)
+  p = {"params": tiny_params}
+  masked = jnp.where(keep, tokens, tiny_model.config.vq.num_codes)
+  logits = lambda c: tiny_model.apply(p, masked, c, method=hf.HybridFlow.predict_tokens)
+  assert not np.allclose(logits(ctx), logits(other))
+  assert (np.asarray(decoder(tokens, keep, ctx)) != np.asarray(decoder(tokens, keep, other))).any()
+
+
+def test_transformer_runs_on_other_grid_sizes(tiny_model, tiny_params):
+  # Position embeddings are defined for any grid: a 6x10 grid (96x160 px) works unchanged.
+  p = {"params": tiny_params}
+  k = tiny_model.config.vq.num_codes
+  ctx = jnp.zeros((1, 6, 10, tiny_model.config.continuous.latent_channels))
+  logits = tiny_model.apply(p, jnp.full((1, 6, 10), k), ctx, method=hf.HybridFlow.predict_tokens)
+  assert logits.shape == (1, 6, 10, k) and np.isfinite(logits).all()
+
+
+def test_training_mask_covers_schedules_and_always_masks_something():
+  vis = training_mask(jax.random.PRNGKey(0), 256, (4, 4), region=2)
+  vis = np.asarray(vis)
+  assert (~vis).any(axis=(1, 2)).all()
+  ratios = vis.mean(axis=(1, 2))
+  # Random schedules plus random reveals: a spread of visible fractions, both sparse and dense.
+  assert ratios.min() <= 1 / 16 + 1e-9 and ratios.max() >= 0.75
