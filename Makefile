@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh clone (Python >= 3.11, make, bash):
-#   make demo   - create .venv, install, train every stage on the bundled photos, report results
+#   make demo   - create .venv, install, train the whole pipeline on the bundled photos, report results
 #   make test   - create .venv, install with test extras, run lint and the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -19,7 +19,7 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/hybridflow demo --config configs/demo.py --workdir $(WORKDIR)
+	$(BIN)/hybridflow train --config configs/demo.py --workdir $(WORKDIR)
 
 lint: install
 	$(BIN)/ruff check hybridflow_jax tests configs

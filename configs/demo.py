@@ -1,6 +1,6 @@
 """HybridFlow on the bundled demo photos: the README's main command, minutes on a 2-core CPU.
 
-    make demo        # or: hybridflow demo --config configs/demo.py --workdir runs/demo
+    make demo        # or: hybridflow train --config configs/demo.py --workdir runs/demo
 
 Sizes are ours: the full architecture at a width a laptop CPU trains in minutes.
 """
@@ -19,7 +19,17 @@ def get_config():
   c.model.bridge.fusion_hidden = 32
   c.model.masking.region = 4
   c.model.discriminator.update(channels=32, layers=3)
+  c.losses.gan_start = 100              # the last third of the vq stage trains with the GAN
   c.train.batch_size = 8
   c.train.learning_rate = 3e-4
-  c.train.steps.update(vq=40, continuous=40, transformer=40, bridge=40, joint=0)
+  c.train.warmup_steps = 10
+  c.train.dead_code_every = 50
+  c.train.steps.update(vq=150, continuous=100, transformer=150, bridge=60, joint=0)
+  c.train.log_every = 25
+  c.train.checkpoint_every = 50
+  c.train.eval_every = 0
+  c.data.train = "demo"                 # the bundled photos (hybridflow_jax/data/demo.py)
+  c.data.eval = "demo:heldout"          # coffee, flower
+  c.data.eval_limit = 2
+  c.data.workers = 0                    # decode in threads: 2 cores are busy training
   return c

@@ -19,7 +19,18 @@ def get_config():
   c.model.bridge.fusion_hidden = 8
   c.model.masking.region = 2            # a 64 px crop is a 4x4 token grid: 2x2 regions
   c.model.discriminator.update(channels=8, layers=2)
+  c.eval_size = 64
+  c.losses.gan_start = 10               # the GAN terms switch on within a short run
   c.train.batch_size = 4
   c.train.learning_rate = 1e-3
+  c.train.warmup_steps = 2
+  c.train.dead_code_every = 10
   c.train.steps.update(vq=30, continuous=30, transformer=30, bridge=30, joint=0)
+  c.train.log_every = 5
+  c.train.checkpoint_every = 10
+  c.train.eval_every = 0
+  c.data.train = "demo"
+  c.data.eval = "demo:heldout"
+  c.data.eval_limit = 2
+  c.data.workers = 0
   return c

@@ -15,10 +15,15 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, results.")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0, to run as one of several processes (jax.distributed). "
+                    "On TPU pods and SLURM leave it unset: the cluster is detected.")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 
 COMMANDS = {
+    "train": "train a stage, or every stage in order (config.stage=pipeline); resumes by itself",
     "info": "print a parameter overview of a config's model (allocates nothing)",
-    "demo": "train every stage briefly on the bundled photos and report held-out results",
 }
 
 
@@ -45,16 +50,38 @@ def _config():
   return config
 
 
+def _init_distributed() -> None:
+  """Joins a multi-process job when there is one; a single process needs nothing."""
+  import os
+
+  import jax
+  if FLAGS.coordinator_address:
+    if FLAGS.num_processes is None or FLAGS.process_id is None:
+      raise UserError("--coordinator_address needs --num_processes and --process_id")
+    if jax.config.jax_platforms in (None, "", "cpu") and "cpu" in os.environ.get("JAX_PLATFORMS", "cpu"):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ:
+    jax.distributed.initialize()  # cluster environment detected by JAX
+
+
+def cmd_train(_):
+  if not FLAGS.workdir:
+    raise UserError("--workdir is required")
+  config = _config()
+  _init_distributed()
+  from hybridflow_jax.train import trainer
+  try:
+    trainer.train(config, FLAGS.workdir)
+  except trainer.Preempted:
+    sys.exit(0)
+  except ValueError as e:
+    raise UserError(str(e)) from None
+
+
 def cmd_info(_):
   from hybridflow_jax import info
   print(info.overview(_config()))
-
-
-def cmd_demo(_):
-  from hybridflow_jax import demo
-  if not FLAGS.workdir:
-    raise UserError("--workdir is required")
-  demo.run(_config(), FLAGS.workdir)
 
 
 def _usage() -> str:

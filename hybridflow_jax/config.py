@@ -62,12 +62,44 @@ def base_config() -> ml_collections.ConfigDict:
   lo.commitment_weight = 0.25           # beta, VQ-VAE
   lo.rate_lambda = 0.01                 # continuous stage: bpp + lambda * 255^2 * MSE (ours)
   lo.mse_weight = 1.0                   # bridge / joint: weight of MSE on the final image (ours)
+  lo.lpips_weight = 1.0                 # vq / bridge / joint: LPIPS term (VQGAN's perceptual weight)
+  lo.lpips_net = "alexnet"              # LPIPS backbone in the loss: "alexnet" (cheap) or "vgg16"
+  lo.gan_weight = 0.1                   # hinge GAN weight (MaskGIT's VQGAN)
+  lo.gan_start = 20_000                 # step at which the GAN terms switch on (ours, after VQGAN)
+  lo.adaptive_gan_weight = True         # VQGAN's gradient-norm balancing at the last decoder layer
 
   t = c.train = ml_collections.ConfigDict()
   t.batch_size = 64                     # global batch
   t.learning_rate = 1e-4                # AdamW peak (MaskGIT tokenizer uses 1e-4)
+  t.warmup_steps = 5_000                # linear warm-up, then cosine decay to 0 (ours)
+  t.weight_decay = 1e-4                 # AdamW decoupled decay (MaskGIT)
+  t.grad_clip = 1.0                     # global-norm clipping
+  t.disc_learning_rate = 1e-4           # the discriminator's own AdamW (VQGAN)
+  t.ema_decay = 0.0                     # EMA of params (0 = off); exported params are the EMA if on
+  t.code_usage_decay = 0.99             # EMA of codeword usage (vq stage)
+  t.dead_code_every = 1_000             # how often codes used < 1/(10 K) are restarted (0: never)
   t.steps = ml_collections.ConfigDict(dict(
       vq=500_000, continuous=500_000, transformer=1_000_000, bridge=200_000, joint=0))
+  t.log_every = 100                     # steps between metric writes
+  t.checkpoint_every = 2_000            # steps between checkpoints (plus one at the end)
+  t.keep_checkpoints = 3                # how many to keep
+  t.eval_every = 10_000                 # steps between held-out evaluations (0: none)
+  t.eval_at_end = True                  # evaluate each stage when it finishes
+
+  d = c.data = ml_collections.ConfigDict()
+  d.train = "tfds:imagenet2012/train"   # "demo", a folder, or "tfds:BUILDER/SPLIT[@DATA_DIR]"
+  d.eval = "demo:heldout"               # held-out images for periodic evaluation
+  d.eval_limit = 8                      # at most this many held-out images per evaluation
+  d.workers = 8                         # grain worker processes per host (0 = in-process)
+  d.prefetch = 2                        # batches prefetched per worker
+
+  # Mesh axes and their sizes (-1: all remaining devices); the batch is split over data and fsdp.
+  c.mesh = (("data", -1), ("fsdp", 1))
+  # Regex searched in "/"-joined param paths -> sharding; first match wins. "fsdp" shards a
+  # param's largest divisible dimension over the fsdp axis, "replicate" copies it, a tuple is a
+  # PartitionSpec.
+  c.sharding_rules = ((".*", "fsdp"),)
+  c.sharding_min_size = 2 ** 14         # params smaller than this are always replicated
   return c
 
 

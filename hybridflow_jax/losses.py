@@ -67,3 +67,19 @@ def stage_loss(stage: str, out: dict, x: jax.Array, cfg: ml_collections.ConfigDi
     loss = loss + cfg.mse_weight * m["mse"]
   m["loss"] = loss
   return loss, m
+
+
+def hinge_d_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
+  """Discriminator hinge loss (Lim & Ye 2017, as in VQGAN)."""
+  return 0.5 * (jnp.mean(jax.nn.relu(1.0 - logits_real)) + jnp.mean(jax.nn.relu(1.0 + logits_fake)))
+
+
+def hinge_g_loss(logits_fake: jax.Array) -> jax.Array:
+  """Generator side of the hinge GAN."""
+  return -jnp.mean(logits_fake)
+
+
+def adaptive_gan_weight(grad_rec: jax.Array, grad_gan: jax.Array, max_weight: float = 1e4):
+  """VQGAN's balance: ||dL_rec/dW|| / ||dL_gan/dW|| at the decoder's last layer W, clipped."""
+  w = jnp.linalg.norm(grad_rec) / (jnp.linalg.norm(grad_gan) + 1e-4)
+  return jax.lax.stop_gradient(jnp.clip(w, 0.0, max_weight))

@@ -1,0 +1,1 @@
+"""The trainer: stages, sharding, checkpoints, metrics."""

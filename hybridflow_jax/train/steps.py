@@ -1,0 +1,188 @@
+"""The train state, the optimisers and the jitted update of each stage.
+
+One update computes the stage's forward once and pulls two gradients out of it (reconstruction
+terms and the generator's GAN term), so VQGAN's adaptive GAN weight costs one extra backward pass,
+not a second forward. Randomness comes from `fold_in(seed, step)`: a resumed run draws the same
+noise and masks as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from hybridflow_jax import losses
+from hybridflow_jax.models import hybridflow as hf
+from hybridflow_jax.models.discriminator import PatchDiscriminator
+from hybridflow_jax.models.vq import restart_dead_codes, update_code_usage
+from hybridflow_jax.perceptual import lpips_fn
+
+GAN_STAGES = ("vq", "bridge", "joint")
+# The image each stage's perceptual and adversarial terms judge, and the last layer of its decoder.
+OUTPUT = {"vq": "x_vq", "bridge": "x_hat", "joint": "x_hat"}
+LAST_LAYER = {"vq": ("pixel_decoder", "conv_out", "kernel"),
+              "bridge": ("bridge", "conv_out", "kernel"), "joint": ("bridge", "conv_out", "kernel")}
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array            # int32 scalar: updates done
+  params: Any                # every HybridFlow param (frozen ones included)
+  opt_state: Any
+  disc_params: Any           # {} outside the GAN stages
+  disc_opt_state: Any
+  ema_params: Any            # {} when config.train.ema_decay == 0
+  code_usage: jax.Array      # [K] codeword frequencies (EMA), used by the vq stage
+
+
+def schedule(cfg: ml_collections.ConfigDict, steps: int, peak: float):
+  warmup = min(cfg.train.warmup_steps, max(steps // 10, 1))
+  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(steps, warmup + 1), 0.0)
+
+
+def make_optimizer(cfg, params, stage: str, steps: int) -> optax.GradientTransformation:
+  """AdamW with warm-up + cosine and global-norm clipping on the params `stage` trains; the
+  frozen ones get no update and no optimiser state."""
+  labels = jax.tree.map(lambda t: "train" if t else "freeze", hf.trainable(params, stage))
+  train = optax.chain(
+      optax.clip_by_global_norm(cfg.train.grad_clip),
+      optax.adamw(schedule(cfg, steps, cfg.train.learning_rate),
+                  weight_decay=cfg.train.weight_decay))
+  return optax.multi_transform({"train": train, "freeze": optax.set_to_zero()}, labels)
+
+
+def make_disc_optimizer(cfg) -> optax.GradientTransformation:
+  return optax.adamw(cfg.train.disc_learning_rate, b1=0.5, b2=0.9)  # VQGAN's GAN betas
+
+
+def discriminator(cfg) -> PatchDiscriminator:
+  d = cfg.model.discriminator
+  return PatchDiscriminator(d.channels, d.layers)
+
+
+def init_state(cfg, params, stage: str, tx, disc_tx, rng: jax.Array) -> TrainState:
+  """A fresh state for `stage` around given params (jit this with out_shardings to place it)."""
+  if stage in GAN_STAGES:
+    x = jnp.zeros((1, cfg.image_size, cfg.image_size, 3))
+    disc_params = discriminator(cfg).init(rng, x)
+    disc_opt_state = disc_tx.init(disc_params)
+  else:
+    disc_params, disc_opt_state = {}, {}
+  k = cfg.model.vq.num_codes
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+      disc_params=disc_params, disc_opt_state=disc_opt_state,
+      ema_params=params if cfg.train.ema_decay > 0 else {},
+      code_usage=jnp.full((k,), 1.0 / k, jnp.float32))
+
+
+def _get(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def make_train_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage: str, tx, disc_tx):
+  """(state, images [B, H, W, 3] in [0, 1]) -> (state, metrics). Pure; jit it with shardings."""
+  lo = cfg.losses
+  uses_gan = stage in GAN_STAGES and lo.gan_weight > 0
+  uses_lpips = stage in GAN_STAGES and lo.lpips_weight > 0
+  lpips = lpips_fn(lo.lpips_net) if uses_lpips else None
+  disc = discriminator(cfg)
+  seed_key = jax.random.PRNGKey(cfg.seed)
+
+  def step(state: TrainState, x: jax.Array):
+    rng = jax.random.fold_in(seed_key, state.step)
+    k_fwd, k_restart = jax.random.split(rng)
+
+    def terms(params):
+      out = hf.forward(model, params, x, k_fwd, stage)
+      loss, m = losses.stage_loss(stage, out, x, lo)
+      if uses_lpips:
+        m["lpips"] = jnp.mean(lpips(out[OUTPUT[stage]], x))
+        loss = loss + lo.lpips_weight * m["lpips"]
+      # "loss" is everything but the GAN term, whose weight moves (reported as gan_g, gan_weight).
+      m["loss"] = loss
+      g = losses.hinge_g_loss(disc.apply(state.disc_params, out[OUTPUT[stage]])) if uses_gan \
+          else jnp.zeros(())
+      return (loss, g), (m, out)
+
+    (_, g_loss), pull, (m, out) = jax.vjp(terms, state.params, has_aux=True)
+    (grads,) = pull((jnp.ones(()), jnp.zeros(())))
+    disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
+    if uses_gan:
+      (grads_gan,) = pull((jnp.zeros(()), jnp.ones(())))
+      on = (state.step >= lo.gan_start).astype(jnp.float32)
+      weight = lo.gan_weight * on
+      if lo.adaptive_gan_weight:
+        weight = weight * losses.adaptive_gan_weight(_get(grads, LAST_LAYER[stage]),
+                                                     _get(grads_gan, LAST_LAYER[stage]))
+      grads = jax.tree.map(lambda a, b: a + weight * b, grads, grads_gan)
+      m["gan_g"], m["gan_weight"] = g_loss, weight
+
+      fake = jax.lax.stop_gradient(out[OUTPUT[stage]])
+      d_loss_fn = lambda dp: losses.hinge_d_loss(disc.apply(dp, x), disc.apply(dp, fake))
+      m["gan_d"], d_grads = jax.value_and_grad(d_loss_fn)(disc_params)
+      d_updates, new_d_opt = disc_tx.update(d_grads, disc_opt_state, disc_params)
+      new_d = optax.apply_updates(disc_params, d_updates)
+      # Before gan_start the discriminator does not move at all (not even by weight decay).
+      keep_old = lambda new, old: jnp.where(on > 0, new, old)
+      disc_params = jax.tree.map(keep_old, new_d, disc_params)
+      disc_opt_state = jax.tree.map(keep_old, new_d_opt, disc_opt_state)
+
+    m["grad_norm"] = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    usage = state.code_usage
+    if stage == "vq":
+      usage = update_code_usage(usage, out["code_counts"], cfg.train.code_usage_decay)
+      k = cfg.model.vq.num_codes
+      threshold = 1.0 / (10.0 * k)
+      if cfg.train.dead_code_every:
+        due = (state.step + 1) % cfg.train.dead_code_every == 0
+        latents = out["latent"].reshape(-1, out["latent"].shape[-1])
+        codebook = params["quantizer"]["codebook"]
+        fresh, dead = restart_dead_codes(codebook, usage, latents, k_restart, threshold)
+        params = flax.core.unfreeze(params)
+        params["quantizer"]["codebook"] = jnp.where(due, fresh, codebook)
+        usage = jnp.where(due & dead, 1.0 / k, usage)
+      m["dead_codes"] = jnp.sum(usage < threshold)
+      m["perplexity"] = jnp.exp(-jnp.sum(usage * jnp.log(usage + 1e-10)))
+
+    ema = state.ema_params
+    if cfg.train.ema_decay > 0:
+      d = cfg.train.ema_decay
+      ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
+
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              disc_params=disc_params, disc_opt_state=disc_opt_state,
+                              ema_params=ema, code_usage=usage)
+    return new_state, m
+
+  return step
+
+
+def make_eval_fn(model: hf.HybridFlow, cfg: ml_collections.ConfigDict):
+  """(params, images [N, S, S, 3], keep [N, S/16, S/16], side_bits [N]) -> (per-image metrics
+  {bpp_estimated, psnr, lpips, keep_ratio}, reconstructions). One program for every operating
+  point: the schedule only enters through the keep-map."""
+  lpips = lpips_fn("alexnet")
+  pixels = cfg.eval_size * cfg.eval_size
+
+  def evaluate(params, x, keep, side_bits):
+    enc = hf.encode(model, params, x, keep)
+    bits = hf.estimate_bits(enc, keep, None, cfg.model.vq.num_codes)
+    x_hat, _ = hf.decode(model, params, enc["indices"], keep, enc["y_hat"])
+    mse = jnp.mean(jnp.square(x_hat - x), axis=(1, 2, 3))
+    return {"bpp_estimated": (bits["total"] + side_bits) / pixels,
+            "psnr": 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10)),
+            "lpips": lpips(x_hat, x),
+            "keep_ratio": jnp.mean(keep, axis=(1, 2))}, x_hat
+
+  return evaluate

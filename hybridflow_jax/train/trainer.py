@@ -1,0 +1,336 @@
+"""`hybridflow train`: the staged, sharded trainer.
+
+Every process of a multi-host job runs this same program. A stage goes:
+
+    mesh -> input -> model and optimiser -> shard -> update step -> resume -> loop
+    (checkpoints, metrics, evaluations, preemption) -> final params -> DONE
+
+Resume order, for each stage: (1) the latest checkpoint in WORKDIR/STAGE/checkpoints; (2) else
+the final params of the stages before it (WORKDIR/<earlier stage>/params); (3) else a fresh
+initialisation. A stage with WORKDIR/STAGE/DONE is finished and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import parameter_overview
+from jax.experimental import multihost_utils
+
+from hybridflow_jax.config import STAGES
+from hybridflow_jax.data import pipeline
+from hybridflow_jax.models import hybridflow as hf
+from hybridflow_jax.models.bridge import init_bridge_from_pixel_decoder
+from hybridflow_jax.train import checkpoint as ckpt_lib
+from hybridflow_jax.train import sharding as shard_lib
+from hybridflow_jax.train import steps as steps_lib
+from hybridflow_jax.train.metrics import MetricWriter, ProgressReporter
+
+EVAL_SCHEDULES = ("1_4", "1_9", "1_16", "dynamic")
+
+
+class Preempted(Exception):
+  """Raised after the preemption checkpoint is written; the CLI exits 0."""
+
+
+class _SigtermFlag:
+  """Set by SIGTERM (how pods and SLURM announce preemption); checked once per step."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, *_):
+    self.raised = True
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)
+
+  def any_process(self) -> bool:
+    if jax.process_count() == 1:
+      return self.raised
+    # Every process must stop at the same step to write one consistent checkpoint.
+    flags = multihost_utils.process_allgather(np.asarray(self.raised))
+    return bool(np.any(flags))
+
+
+def stage_list(cfg) -> list[str]:
+  if cfg.stage == "pipeline":
+    return [s for s in STAGES if cfg.train.steps[s] > 0]
+  return [cfg.stage]
+
+
+def _log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def _load_earlier_stages(workdir: pathlib.Path, stage: str, params, abstract) -> Any:
+  """Params of every finished earlier stage, each contributing the groups it trained."""
+  params = flax.core.unfreeze(params)
+  for earlier in STAGES[:STAGES.index(stage)]:
+    folder = workdir / earlier
+    if not (folder / "DONE").exists():
+      continue
+    loaded = ckpt_lib.load_params(folder / "params", abstract)
+    trained = hf.trainable(loaded, earlier)
+    params = jax.tree.map(lambda new, old, t: new if t else old, loaded, params, trained)
+    _log(f"[{stage}] loaded the {earlier} stage's params from {folder / 'params'}")
+  return params
+
+
+def _required(stage: str) -> tuple[str, ...]:
+  return {"vq": (), "continuous": (), "transformer": ("vq", "continuous"),
+          "bridge": ("vq", "continuous", "transformer"),
+          "joint": ("vq", "continuous", "transformer", "bridge")}[stage]
+
+
+class Run:
+  """What every stage of one `train` call shares: the mesh, the model, its initial params and the
+  evaluator (each built or compiled once, not once per stage)."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, workdir: pathlib.Path):
+    self.cfg, self.workdir = cfg, workdir
+    self.mesh = shard_lib.make_mesh(cfg.mesh)
+    data_parallel = int(np.prod([self.mesh.shape[a] for a in shard_lib.batch_axes(self.mesh)]))
+    if cfg.train.batch_size % data_parallel or cfg.train.batch_size % jax.process_count():
+      raise ValueError(f"config.train.batch_size={cfg.train.batch_size} must divide by the "
+                       f"data-parallel size {data_parallel} and the process count")
+    self.model = hf.build_model(cfg)
+    self.abstract_params = hf.param_shapes(self.model)
+    self.param_shardings = shard_lib.tree_shardings(self.abstract_params, self.mesh,
+                                                    cfg.sharding_rules, cfg.sharding_min_size)
+    self._initial_params = None
+    self._evaluator = None
+
+  def initial_params(self):
+    """Freshly initialised params, created on their shardings once per process (a resumed stage
+    never needs them)."""
+    if self._initial_params is None:
+      init = jax.jit(lambda r: hf.init_params(self.model, r), out_shardings=self.param_shardings)
+      self._initial_params = init(jax.random.PRNGKey(self.cfg.seed))
+    # Copies: the update step donates its state, and later stages must still find these intact.
+    return jax.device_put(self._initial_params, self.param_shardings, may_alias=False)
+
+  def evaluator(self) -> Evaluator:
+    if self._evaluator is None:
+      self._evaluator = Evaluator(self.model, self.cfg, self.mesh)
+    return self._evaluator
+
+
+def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
+  """Trains one stage to `cfg.train.steps[stage]` steps (resuming if possible); returns the last
+  evaluation. Raises Preempted after checkpointing on SIGTERM."""
+  cfg, workdir, mesh, model = run.cfg, run.workdir, run.mesh, run.model
+  folder = workdir / stage
+  total_steps = int(cfg.train.steps[stage])
+  missing = [s for s in _required(stage) if not (workdir / s / "DONE").exists()]
+  if missing:
+    raise ValueError(f"stage {stage} needs the finished {', '.join(missing)} stage(s) in "
+                     f"{workdir} (run config.stage=pipeline, or those stages first)")
+
+  # --- Input -------------------------------------------------------------------------------------
+  source = pipeline.make_source(cfg.data.train)
+  data_iter = pipeline.train_iterator(
+      cfg.data.train, crop=cfg.image_size, batch_size=cfg.train.batch_size // jax.process_count(),
+      seed=cfg.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+      workers=cfg.data.workers, prefetch=cfg.data.prefetch)
+
+  # --- Model and optimiser -----------------------------------------------------------------------
+  tx = steps_lib.make_optimizer(cfg, run.abstract_params, stage, total_steps)
+  disc_tx = steps_lib.make_disc_optimizer(cfg)
+  make_state = lambda params: steps_lib.init_state(cfg, params, stage, tx, disc_tx,
+                                                   jax.random.PRNGKey(cfg.seed + 1))
+
+  # --- Shard -------------------------------------------------------------------------------------
+  abstract_state = jax.eval_shape(make_state, run.abstract_params)
+  state_shardings = shard_lib.tree_shardings(abstract_state, mesh, cfg.sharding_rules,
+                                             cfg.sharding_min_size)
+  abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                abstract_state, state_shardings)
+  images_sharding = shard_lib.batch_sharding(mesh)
+
+  # --- Update step -------------------------------------------------------------------------------
+  train_step = jax.jit(steps_lib.make_train_step(model, cfg, stage, tx, disc_tx),
+                       in_shardings=(state_shardings, images_sharding),
+                       out_shardings=(state_shardings, shard_lib.replicated(mesh)),
+                       donate_argnums=(0,))
+
+  # --- Resume ------------------------------------------------------------------------------------
+  checkpoints = ckpt_lib.StageCheckpoints(folder / "checkpoints", cfg.train.keep_checkpoints,
+                                          cfg.train.checkpoint_every)
+  latest = checkpoints.latest_step()
+  if latest is not None:
+    restore_data = checkpoints.has_data_state(latest)
+    state = checkpoints.restore(latest, abstract_state, data_iter if restore_data else None)
+    _log(f"[{stage}] resumed from step {latest} ({folder / 'checkpoints'})"
+         + ("" if restore_data else "; input restarts (process count changed)"))
+  else:
+    params = _load_earlier_stages(workdir, stage, run.initial_params(), abstract_state.params)
+    if stage == "bridge":
+      # Copies, not shared buffers: the update step donates the state, each buffer once.
+      decoder = jax.device_put(params["pixel_decoder"], run.param_shardings["pixel_decoder"],
+                               may_alias=False)
+      params["bridge"] = init_bridge_from_pixel_decoder(params["bridge"], decoder)
+    state = jax.jit(make_state, out_shardings=state_shardings)(params)
+    _log(f"[{stage}] starting at step 0")
+
+  # --- Metrics -----------------------------------------------------------------------------------
+  writer = MetricWriter(folder / "metrics")
+  if latest is None and jax.process_index() == 0:
+    overview = parameter_overview.get_parameter_overview(run.abstract_params,
+                                                         include_stats=False)
+    writer.write_texts(0, {"parameter_overview": overview})
+    writer.write_hparams(cfg.to_dict())
+    logging.info("parameters:\n%s", overview)
+  progress = ProgressReporter(total_steps, start_step=int(state.step))
+  bad_file = folder / "skipped_images.json"
+  bad_records: set[int] = set(json.loads(bad_file.read_text())) if bad_file.exists() else set()
+
+  # --- Loop --------------------------------------------------------------------------------------
+  step = int(state.step)
+  history: list[dict] = []
+  result: dict = {}
+  while step < total_steps:
+    batch = next(data_iter)
+    for i in np.asarray(batch["skipped"]).reshape(-1):
+      if i >= 0 and int(i) not in bad_records:
+        bad_records.add(int(i))
+        logging.warning("skipped an unreadable image: %s", pipeline.describe(source[int(i)]))
+        ckpt_lib.write_json(bad_file, sorted(bad_records))
+    images = jax.make_array_from_process_local_data(images_sharding, batch["image"])
+    state, metrics = train_step(state, images)
+    step += 1
+    progress.update(step, cfg.train.batch_size)
+
+    if step % cfg.train.log_every == 0 or step == total_steps or step == 1:
+      scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      scalars["data/skipped_images"] = float(len(bad_records))
+      scalars.update({f"perf/{k}": v for k, v in progress.report().items()})
+      writer.write_scalars(step, scalars)
+      history.append({"step": step, **scalars})
+      _log(f"[{stage}] " + progress.format(step, {k: scalars[k] for k in ("loss",) if k in scalars}))
+
+    checkpoints.save(step, state, data_iter, cfg)
+    if cfg.train.eval_every and (step % cfg.train.eval_every == 0) and step < total_steps:
+      result = run.evaluator().run(_inference_params(state, cfg), writer, step)
+    if sigterm.any_process():
+      checkpoints.save(step, state, data_iter, cfg, force=True)
+      checkpoints.wait()
+      writer.flush()
+      _log(f"[{stage}] preempted: checkpoint written at step {step}; rerun the same command to "
+           "continue")
+      raise Preempted()
+
+  # --- Finish ------------------------------------------------------------------------------------
+  checkpoints.save(step, state, data_iter, cfg, force=True)
+  checkpoints.wait()
+  final = _inference_params(state, cfg)
+  if cfg.train.eval_at_end:
+    result = run.evaluator().run(final, writer, step)
+  checksum = jax.jit(lambda p: sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(p)),
+                     out_shardings=shard_lib.replicated(mesh))(final)
+  # Printed by every process: in a multi-host job they must all agree.
+  print(f"[{stage}] process {jax.process_index()}: final params checksum "
+        f"{float(checksum.addressable_data(0)):.9e}", flush=True)
+  if (folder / "params").exists():  # left by an interrupted finish: write it again
+    if jax.process_index() == 0:
+      shutil.rmtree(folder / "params")
+    multihost_utils.sync_global_devices(f"hybridflow {stage} params cleared")
+  ckpt_lib.save_params(folder / "params", final)
+  ckpt_lib.write_json(folder / "summary.json", {
+      "stage": stage, "steps": step, "skipped_images": sorted(bad_records),
+      "history": history, "eval": result})
+  if jax.process_index() == 0:
+    (folder / "DONE").write_text(f"{step}\n")
+  multihost_utils.sync_global_devices(f"hybridflow {stage} done")
+  writer.close()
+  checkpoints.close()
+  return result
+
+
+def _inference_params(state: steps_lib.TrainState, cfg) -> Any:
+  return state.ema_params if cfg.train.ema_decay > 0 else state.params
+
+
+class Evaluator:
+  """Held-out evaluation per operating point: estimated bpp, PSNR, LPIPS, and reconstructions."""
+
+  def __init__(self, model, cfg, mesh):
+    names, images = pipeline.eval_images(cfg.data.eval, cfg.eval_size, cfg.data.eval_limit)
+    if not names:
+      raise ValueError(f"config.data.eval={cfg.data.eval!r} holds no readable image")
+    self.names, self.images = names, jax.device_put(images, shard_lib.replicated(mesh))
+    # The operating points' keep-maps depend only on the images: computed once.
+    side = np.log2(len(cfg.model.masking.schedules))
+    self.points = {}
+    for name in EVAL_SCHEDULES:
+      keep, ids = hf.keep_maps(self.images, name, cfg.model.masking)
+      bits = np.zeros(len(names)) if ids is None else np.full(len(names), ids[0].size * side)
+      self.points[name] = (keep, jnp.asarray(bits, jnp.float32))
+    self.fn = jax.jit(steps_lib.make_eval_fn(model, cfg))
+
+  def run(self, params, writer: MetricWriter, step: int) -> dict:
+    table = {}
+    for name, (keep, side_bits) in self.points.items():
+      metrics, recon = self.fn(params, self.images, keep, side_bits)
+      metrics = jax.device_get(metrics)
+      table[name] = {k: float(np.mean(v)) for k, v in metrics.items()}
+      writer.write_scalars(step, {f"eval/{name}/{k}": v for k, v in table[name].items()})
+      strip = np.concatenate([np.asarray(self.images[:2]), np.asarray(recon[:2])], axis=2)
+      writer.write_images(step, {f"eval/{name}/original_vs_reconstruction": strip})
+    writer.flush()
+    return table
+
+
+def format_table(results: dict) -> str:
+  lines = [f"{'schedule':<9s} {'kept':>6s} {'bpp (est.)':>11s} {'PSNR (dB)':>10s} {'LPIPS':>7s}"]
+  for name, r in results.items():
+    lines.append(f"{name:<9s} {r['keep_ratio']:6.3f} {r['bpp_estimated']:11.4f} "
+                 f"{r['psnr']:10.2f} {r['lpips']:7.4f}")
+  return "\n".join(lines)
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+          log: Callable[[str], None] = _log) -> dict:
+  """Runs `cfg.stage` (or every stage for "pipeline") in `workdir`; returns the final table."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  config_path = workdir / "config.json"
+  if jax.process_index() == 0 and not config_path.exists():
+    config_path.write_text(json.dumps(cfg.to_dict(), indent=2))
+  start = time.time()
+  result: dict = {}
+  run = Run(cfg, workdir)
+  with _SigtermFlag() as sigterm:
+    for stage in stage_list(cfg):
+      if (workdir / stage / "DONE").exists():
+        log(f"[{stage}] already finished, skipping")
+        summary = workdir / stage / "summary.json"
+        result = json.loads(summary.read_text()).get("eval", {}) if summary.exists() else {}
+        continue
+      result = train_stage(run, stage, sigterm)
+  if result:
+    log(f"\nheld-out images ({cfg.data.eval}), center {cfg.eval_size} px crops, estimated rate:")
+    log(format_table(result))
+    ckpt_lib.write_json(workdir / "results.json", {
+        "config": cfg.stage, "eval_data": cfg.data.eval, "eval_size": cfg.eval_size,
+        "results": result, "seconds": time.time() - start})
+    log(f"wrote {workdir / 'results.json'}")
+  return result

@@ -1,0 +1,194 @@
+"""The trainer, run as users run it: `hybridflow train` in subprocesses (tiny config, demo photos).
+
+All runs share one persistent compilation cache, so each distinct program compiles once per session.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from hybridflow_jax import config_io
+from hybridflow_jax.models import hybridflow as hf
+from hybridflow_jax.train import checkpoint as ckpt_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.py")
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def _env(cache, devices=1):
+  env = dict(os.environ)
+  env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return env
+
+
+def _cmd(workdir, *overrides, extra=()):
+  return [sys.executable, "-m", "hybridflow_jax.cli", "train", "--config", TINY,
+          "--workdir", str(workdir), *[f"--config.{o}" for o in overrides], *extra]
+
+
+def train(cache, workdir, *overrides, devices=1, timeout=600):
+  r = subprocess.run(_cmd(workdir, *overrides), env=_env(cache, devices), capture_output=True,
+                     text=True, timeout=timeout, cwd=ROOT)
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  return r
+
+
+def final_params(workdir, stage):
+  cfg = config_io.load_config(TINY)
+  abstract = hf.param_shapes(hf.build_model(cfg))
+  return ckpt_lib.load_params(pathlib.Path(workdir) / stage / "params", abstract)
+
+
+def _flat(tree):
+  return np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(tree)])
+
+
+# Most tests run this one program (same stage, same step count), so it compiles once per session.
+ONE_STAGE = ("stage=continuous", "train.eval_at_end=False", "train.steps.continuous=40",
+             "train.checkpoint_every=5")
+
+
+def test_pipeline_runs_every_stage_and_each_learns(compile_cache, tmp_path):
+  r = train(compile_cache, tmp_path, "train.log_every=1",
+            "train.steps.vq=16", "train.steps.continuous=16", "train.steps.transformer=16",
+            "train.steps.bridge=16", "losses.gan_start=100")
+  for stage in ("vq", "continuous", "transformer", "bridge"):
+    summary = json.loads((tmp_path / stage / "summary.json").read_text())
+    losses = [h["loss"] for h in summary["history"]]
+    assert len(losses) == 16
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]), (stage, losses)
+    assert (tmp_path / stage / "DONE").exists()
+    assert list((tmp_path / stage / "metrics").glob("events.out.tfevents.*"))
+  results = json.loads((tmp_path / "results.json").read_text())["results"]
+  assert set(results) == {"1_4", "1_9", "1_16", "dynamic"}
+  # (On the 4x4 token grid of a 64 px crop, 1_9 keeps 4 of 16 like 1_4.)
+  kept = {k: v["keep_ratio"] for k, v in results.items()}
+  assert kept["1_16"] < kept["1_9"] <= kept["1_4"] and kept["dynamic"] <= 0.125
+  assert "PSNR" in r.stdout and "dynamic" in r.stdout
+  # Re-running the finished pipeline redoes nothing.
+  again = train(compile_cache, tmp_path, "train.steps.vq=16", "train.steps.continuous=16",
+                "train.steps.transformer=16", "train.steps.bridge=16")
+  assert again.stdout.count("already finished") == 4
+
+
+def _wait_for_checkpoint(workdir, stage, proc, min_step=1, timeout=300):
+  ckdir = pathlib.Path(workdir) / stage / "checkpoints"
+  start = time.time()
+  while time.time() - start < timeout:
+    steps = [int(p.name) for p in ckdir.glob("*") if p.name.isdigit()] if ckdir.exists() else []
+    if any(s >= min_step for s in steps):
+      return max(steps)
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(0.05)
+  raise TimeoutError("no checkpoint appeared")
+
+
+def test_sigkill_then_resume_is_bitwise_identical(compile_cache, tmp_path):
+  train(compile_cache, tmp_path / "straight", *ONE_STAGE)
+
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_cmd(killed, *ONE_STAGE), env=_env(compile_cache),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+  at = _wait_for_checkpoint(killed, "continuous", proc, min_step=5)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "continuous" / "DONE").exists(), "the run finished before it was killed"
+  r = train(compile_cache, killed, *ONE_STAGE)
+  assert "resumed from step" in r.stdout
+  assert at < 40
+  straight = _flat(final_params(tmp_path / "straight", "continuous"))
+  np.testing.assert_array_equal(straight, _flat(final_params(killed, "continuous")))
+
+
+def test_sigterm_checkpoints_exits_zero_and_the_rerun_continues(compile_cache, tmp_path):
+  proc = subprocess.Popen(_cmd(tmp_path, *ONE_STAGE), env=_env(compile_cache),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  _wait_for_checkpoint(tmp_path, "continuous", proc, min_step=5)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  assert "preempted" in out
+  saved = max(int(p.name) for p in (tmp_path / "continuous" / "checkpoints").glob("*")
+              if p.name.isdigit())
+  assert not (tmp_path / "continuous" / "DONE").exists()
+  assert saved < 40
+  r = train(compile_cache, tmp_path, *ONE_STAGE)
+  assert f"resumed from step {saved}" in r.stdout
+  assert (tmp_path / "continuous" / "DONE").read_text().strip() == "40"
+
+
+def test_unreadable_images_are_skipped_and_counted(compile_cache, tmp_path):
+  from PIL import Image
+
+  from hybridflow_jax.data import demo
+  folder = tmp_path / "photos"
+  paths = demo.write_folder(folder, "train")
+  good = Image.open(paths[0])
+  good.save(folder / "truncated.jpg", quality=90)
+  data = (folder / "truncated.jpg").read_bytes()
+  (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+  (folder / "empty.jpg").write_bytes(b"")
+  (folder / "notes.png").write_text("this is not an image\n")
+  train(compile_cache, tmp_path / "run", *ONE_STAGE, f"data.train={folder}")
+  summary = json.loads((tmp_path / "run" / "continuous" / "summary.json").read_text())
+  assert len(summary["skipped_images"]) == 3
+  assert summary["history"][-1]["data/skipped_images"] == 3
+
+
+def test_sharded_step_equals_unsharded(compile_cache, tmp_path):
+  # One vq-stage step with the GAN on (generator, adaptive weight and discriminator all active).
+  common = ("stage=vq", "train.eval_at_end=False", "train.steps.vq=1", "train.batch_size=8",
+            "losses.gan_start=0", "train.dead_code_every=0", "losses.lpips_weight=0")
+  train(compile_cache, tmp_path / "one", *common, devices=1)
+  train(compile_cache, tmp_path / "eight", *common, "mesh=(('data',4),('fsdp',2))", devices=8)
+  a, b = final_params(tmp_path / "one", "vq"), final_params(tmp_path / "eight", "vq")
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+  la = json.loads((tmp_path / "one" / "vq" / "summary.json").read_text())["history"][-1]["loss"]
+  lb = json.loads((tmp_path / "eight" / "vq" / "summary.json").read_text())["history"][-1]["loss"]
+  assert la == pytest.approx(lb, rel=1e-5)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_checkpoint_and_one_process_restores(compile_cache, tmp_path):
+  port = _free_port()
+  over = ("stage=continuous", "train.eval_at_end=False", "train.steps.continuous=6",
+          "train.checkpoint_every=3")
+  procs = [subprocess.Popen(
+      _cmd(tmp_path, *over, extra=("--coordinator_address", f"127.0.0.1:{port}",
+                                   "--num_processes", "2", "--process_id", str(i))),
+      env=_env(compile_cache, devices=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, cwd=ROOT) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs, strict=True):
+    assert p.returncode == 0, err[-3000:]
+  sums = [line for out, _ in outs for line in out.splitlines() if "params checksum" in line]
+  assert len(sums) == 2 and sums[0].split()[-1] == sums[1].split()[-1], sums
+  # The data state of both processes is in the checkpoint.
+  data = tmp_path / "continuous" / "checkpoints" / "6" / "data"
+  assert {p.name for p in data.glob("*.json")} == {"process_0-of-2.json", "process_1-of-2.json"}
+  # One process alone restores the 2-process checkpoint and trains on from it.
+  (tmp_path / "continuous" / "DONE").unlink()
+  r = train(compile_cache, tmp_path, *over[:2], "train.steps.continuous=8",
+            "train.checkpoint_every=3")
+  assert "resumed from step 6" in r.stdout
