@@ -146,7 +146,6 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
                      f"{workdir} (run config.stage=pipeline, or those stages first)")
 
   # --- Input -------------------------------------------------------------------------------------
-  source = pipeline.make_source(cfg.data.train)
   data_iter = pipeline.train_iterator(
       cfg.data.train, crop=cfg.image_size, batch_size=cfg.train.batch_size // jax.process_count(),
       seed=cfg.seed, process_index=jax.process_index(), process_count=jax.process_count(),
@@ -205,6 +204,7 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
 
   # --- Loop --------------------------------------------------------------------------------------
   step = int(state.step)
+  images_since_log = 0
   history: list[dict] = []
   result: dict = {}
   while step < total_steps:
@@ -212,15 +212,18 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
     for i in np.asarray(batch["skipped"]).reshape(-1):
       if i >= 0 and int(i) not in bad_records:
         bad_records.add(int(i))
-        logging.warning("skipped an unreadable image: %s", pipeline.describe(source[int(i)]))
         ckpt_lib.write_json(bad_file, sorted(bad_records))
     images = jax.make_array_from_process_local_data(images_sharding, batch["image"])
     state, metrics = train_step(state, images)
     step += 1
-    progress.update(step, cfg.train.batch_size)
+    images_since_log += cfg.train.batch_size
 
     if step % cfg.train.log_every == 0 or step == total_steps or step == 1:
+      # Fetching the metrics waits for the step: only then do the rates measure real work
+      # (dispatch is asynchronous and runs ahead of the devices).
       scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      progress.update(step, images_since_log)
+      images_since_log = 0
       scalars["data/skipped_images"] = float(len(bad_records))
       scalars.update({f"perf/{k}": v for k, v in progress.report().items()})
       writer.write_scalars(step, scalars)
@@ -318,6 +321,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   start = time.time()
   result: dict = {}
   run = Run(cfg, workdir)
+  from hybridflow_jax import info
+  log(info.overview(cfg) + "\n")
   with _SigtermFlag() as sigterm:
     for stage in stage_list(cfg):
       if (workdir / stage / "DONE").exists():

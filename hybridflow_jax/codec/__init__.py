@@ -1,0 +1,1 @@
+"""Real bitstreams: entropy coding with frozen integer tables, and the file format."""
