@@ -231,7 +231,7 @@ def test_worker_processes_give_the_same_batches(bad_folder, workers):
 
 
 def test_tfds_array_record_source_without_tensorflow(tmp_path, photo):
-  tfds = pytest.importorskip("tensorflow_datasets")
+  import tensorflow_datasets as tfds
 
   def png(img):
     buf = io.BytesIO()
