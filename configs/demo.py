@@ -20,13 +20,12 @@ def get_config():
   c.model.bridge.fusion_hidden = 32
   c.model.masking.region = 4
   c.model.discriminator.update(channels=32, layers=3)
-  c.losses.rate_lambda = 0.002          # lower than the base: a short run should reach a low rate
   c.losses.gan_start = 80               # the last third of the vq stage trains with the GAN
   c.train.batch_size = 8
   c.train.learning_rate = 3e-4
   c.train.warmup_steps = 10
   c.train.dead_code_every = 40
-  c.train.steps.update(vq=120, continuous=200, transformer=200, bridge=60, joint=0)
+  c.train.steps.update(vq=120, continuous=100, transformer=150, bridge=60, joint=0)
   c.train.log_every = 25
   c.train.checkpoint_every = 50
   c.train.eval_every = 0
