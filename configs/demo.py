@@ -26,6 +26,9 @@ def get_config():
   c.train.warmup_steps = 10
   c.train.dead_code_every = 40
   c.train.steps.update(vq=120, continuous=100, transformer=150, bridge=60, joint=0)
+  # The hyperprior needs 256 px crops to learn scales that hold on full-size photos.
+  c.train.crop_size.continuous = 256
+  c.losses.rate_lambda = 1e-3           # rate and distortion of the continuous stream both count
   c.train.log_every = 25
   c.train.checkpoint_every = 50
   c.train.eval_every = 0

@@ -26,6 +26,7 @@ def get_config():
   c.train.warmup_steps = 2
   c.train.dead_code_every = 10
   c.train.steps.update(vq=30, continuous=30, transformer=30, bridge=30, joint=0)
+  c.train.crop_size.continuous = 256    # the hyperprior's scales then hold on full-size images
   c.train.log_every = 5
   c.train.checkpoint_every = 10
   c.train.eval_every = 0

@@ -24,7 +24,13 @@ flags.DEFINE_integer("process_id", None, "This process's index (with --coordinat
 COMMANDS = {
     "train": "train a stage, or every stage in order (config.stage=pipeline); resumes by itself",
     "info": "print a parameter overview of a config's model (allocates nothing)",
+    "export": "write the inference bundle of a finished run (--workdir RUN --out MODEL_DIR)",
+    "compress": "compress an image into a HybridFlow file (IN OUT --model MODEL_DIR)",
+    "decompress": "decompress a HybridFlow file into an image (IN OUT --model MODEL_DIR)",
 }
+# Commands with their own argparse front end (hybridflow_jax/codec/cli.py): they must fail fast,
+# before jax is imported, on bad input.
+CODEC_COMMANDS = ("export", "compress", "decompress")
 
 
 class UserError(Exception):
@@ -96,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     print(_usage())
     sys.exit(0 if len(argv) >= 2 else 2)
   command = argv[1]
+  if command in CODEC_COMMANDS:
+    from hybridflow_jax.codec import cli as codec_cli
+    sys.exit(codec_cli.main(command, argv[2:]))
   if command not in COMMANDS:
     print(f"hybridflow: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     sys.exit(2)

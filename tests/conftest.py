@@ -13,6 +13,20 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory):
+  """One persistent compilation cache for every subprocess of the session."""
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(compile_cache, tmp_path_factory):
+  """A finished tiny training pipeline (every stage, 16 steps each): (workdir, CompletedProcess)."""
+  from helpers import TINY_PIPELINE, train
+  workdir = tmp_path_factory.mktemp("tiny_run")
+  return workdir, train(compile_cache, workdir, *TINY_PIPELINE)
+
+
+@pytest.fixture(scope="session")
 def tiny_config():
   return config_io.load_config(ROOT / "configs" / "tiny.py")
 

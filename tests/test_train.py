@@ -4,48 +4,22 @@ All runs share one persistent compilation cache, so each distinct program compil
 """
 
 import json
-import os
 import pathlib
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
+from helpers import ROOT, TINY, TINY_PIPELINE, train
+from helpers import run_env as _env
+from helpers import train_cmd as _cmd
 
 from hybridflow_jax import config_io
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.train import checkpoint as ckpt_lib
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "tiny.py")
-
-
-@pytest.fixture(scope="session")
-def compile_cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("jax_cache"))
-
-
-def _env(cache, devices=1):
-  env = dict(os.environ)
-  env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  return env
-
-
-def _cmd(workdir, *overrides, extra=()):
-  return [sys.executable, "-m", "hybridflow_jax.cli", "train", "--config", TINY,
-          "--workdir", str(workdir), *[f"--config.{o}" for o in overrides], *extra]
-
-
-def train(cache, workdir, *overrides, devices=1, timeout=600):
-  r = subprocess.run(_cmd(workdir, *overrides), env=_env(cache, devices), capture_output=True,
-                     text=True, timeout=timeout, cwd=ROOT)
-  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-  return r
 
 
 def final_params(workdir, stage):
@@ -60,13 +34,12 @@ def _flat(tree):
 
 # Most tests run this one program (same stage, same step count), so it compiles once per session.
 ONE_STAGE = ("stage=continuous", "train.eval_at_end=False", "train.steps.continuous=40",
+             "train.crop_size.continuous=64",
              "train.checkpoint_every=5")
 
 
-def test_pipeline_runs_every_stage_and_each_learns(compile_cache, tmp_path):
-  r = train(compile_cache, tmp_path, "train.log_every=1",
-            "train.steps.vq=16", "train.steps.continuous=16", "train.steps.transformer=16",
-            "train.steps.bridge=16", "losses.gan_start=100")
+def test_pipeline_runs_every_stage_and_each_learns(compile_cache, tiny_run):
+  tmp_path, r = tiny_run
   for stage in ("vq", "continuous", "transformer", "bridge"):
     summary = json.loads((tmp_path / stage / "summary.json").read_text())
     losses = [h["loss"] for h in summary["history"]]
@@ -81,8 +54,7 @@ def test_pipeline_runs_every_stage_and_each_learns(compile_cache, tmp_path):
   assert kept["1_16"] < kept["1_9"] <= kept["1_4"] and kept["dynamic"] <= 0.125
   assert "PSNR" in r.stdout and "dynamic" in r.stdout
   # Re-running the finished pipeline redoes nothing.
-  again = train(compile_cache, tmp_path, "train.steps.vq=16", "train.steps.continuous=16",
-                "train.steps.transformer=16", "train.steps.bridge=16")
+  again = train(compile_cache, tmp_path, *TINY_PIPELINE[1:])
   assert again.stdout.count("already finished") == 4
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import os
 import pathlib
 import warnings
@@ -30,8 +29,9 @@ from typing import Any
 import grain
 import numpy as np
 from absl import logging
-from PIL import Image, ImageOps
+from PIL import Image
 
+from hybridflow_jax import imageio
 from hybridflow_jax.data import demo
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
@@ -221,57 +221,21 @@ def describe(record) -> str:
 
 
 def _array_to_rgb(a: np.ndarray) -> np.ndarray:
-  """uint8 [H, W, 3] from an image array: grey [H, W] or [H, W, 1], grey+alpha, RGB or RGBA; of uint8,
-  bool, wider integers (taken as 16-bit) or floats (taken as [0, 1]). Alpha is composited onto white."""
-  a = np.asarray(a)
-  if a.ndim == 2:
-    a = a[..., None]
-  if a.ndim != 3 or a.shape[-1] not in (1, 2, 3, 4) or a.shape[0] == 0 or a.shape[1] == 0:
-    raise ValueError(f"not an image array: shape {a.shape}")
-  if a.dtype == np.uint8:
-    x = a
-  elif a.dtype == np.bool_:
-    x = a.astype(np.uint8) * 255
-  elif np.issubdtype(a.dtype, np.integer):
-    x = np.round(np.clip(a, 0, 65535) / 257.0).astype(np.uint8)
-  elif np.issubdtype(a.dtype, np.floating):
-    x = np.round(np.clip(np.nan_to_num(a), 0.0, 1.0) * 255.0).astype(np.uint8)
-  else:
-    raise ValueError(f"not an image array: dtype {a.dtype}")
-  channels = x.shape[-1]
-  colour = x[..., :3] if channels >= 3 else np.repeat(x[..., :1], 3, axis=-1)
-  if channels in (2, 4):
-    alpha = x[..., -1:].astype(np.float32) / 255.0
-    colour = np.round(colour * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-  return np.ascontiguousarray(colour)
+  """uint8 [H, W, 3] from an image array (see `hybridflow_jax.imageio.to_rgb8`)."""
+  return imageio.to_rgb8(a)[0]
 
 
 def decode_image(payload) -> np.ndarray:
   """uint8 [H, W, 3] from encoded image bytes (any format PIL reads) or an image array.
 
-  Applies the EXIF orientation. Raises (any exception type) when the data cannot be fully decoded:
-  `load()` forces the whole image to be read, so a truncated file fails here rather than later.
+  Applies the EXIF orientation; converts modes as `hybridflow_jax.imageio` does. Raises (any
+  exception type) when the data cannot be fully decoded, so a truncated file fails here.
   """
   if isinstance(payload, np.ndarray):
     return _array_to_rgb(payload)
   if not isinstance(payload, bytes | bytearray | memoryview):
     raise TypeError(f"no image data (got {type(payload).__name__})")
-  with warnings.catch_warnings():
-    # Decompression-bomb and palette warnings: the image is still decoded, or it raises.
-    warnings.simplefilter("ignore")
-    with Image.open(io.BytesIO(payload)) as img:
-      img.load()
-      try:
-        img = ImageOps.exif_transpose(img)
-      except Exception:  # a broken EXIF block should not lose a readable image
-        pass
-      if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-        arr = np.asarray(img)  # 16/32-bit grey: convert("RGB") would clip instead of rescale
-      elif img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        arr = np.asarray(img.convert("RGBA"))
-      else:
-        arr = np.asarray(img.convert("RGB"))
-  return _array_to_rgb(arr)
+  return imageio.decode(bytes(payload))[0]
 
 
 def upscale_to(img: np.ndarray, short: int) -> np.ndarray:

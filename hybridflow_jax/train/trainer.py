@@ -29,7 +29,7 @@ from absl import logging
 from clu import parameter_overview
 from jax.experimental import multihost_utils
 
-from hybridflow_jax.config import STAGES
+from hybridflow_jax.config import STAGES, crop_size
 from hybridflow_jax.data import pipeline
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.models.bridge import init_bridge_from_pixel_decoder
@@ -147,7 +147,7 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
 
   # --- Input -------------------------------------------------------------------------------------
   data_iter = pipeline.train_iterator(
-      cfg.data.train, crop=cfg.image_size, batch_size=cfg.train.batch_size // jax.process_count(),
+      cfg.data.train, crop=crop_size(cfg, stage), batch_size=cfg.train.batch_size // jax.process_count(),
       seed=cfg.seed, process_index=jax.process_index(), process_count=jax.process_count(),
       workers=cfg.data.workers, prefetch=cfg.data.prefetch)
 

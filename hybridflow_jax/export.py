@@ -1,0 +1,196 @@
+"""`hybridflow export`: a finished run -> an inference bundle (`hybridflow_jax.codec.bundle`).
+
+    hybridflow export --workdir runs/demo --out models/demo
+
+What is frozen here, once, so that every later file decodes the same:
+- the inference params (the final stage's EMA params when EMA is on), without the optimiser and
+  discriminator state and without the modules only training uses (G_vq's pixel decoder, the
+  continuous stream's light synthesis head);
+- the hyper-latent's factorized prior, as one integer CDF per channel (`factorized_table`);
+- the Gaussian conditional, as one integer CDF per scale of a log-spaced scale table;
+- the prior of sent codeword indices, from codeword counts measured by tokenizing the run's training
+  data (`index_prior_table`; counts are smoothed and mixed with the uniform distribution, so no
+  index is ever uncodable).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from hybridflow_jax import __version__
+from hybridflow_jax.codec import bundle as bundle_lib
+from hybridflow_jax.codec import tables as tables_lib
+from hybridflow_jax.models import hybridflow as hf
+
+# Modules that only training uses.
+TRAINING_ONLY = (("pixel_decoder",), ("continuous", "synthesis_head"))
+GAUSSIAN_SCALES = dict(min_scale=0.11, max_scale=256.0, levels=64)
+TAIL_MASS = 1e-9
+DEFAULT_PRIOR_IMAGES = 1000
+_TILE_BATCH = 16
+
+
+def inference_params(params) -> dict[str, Any]:
+  """A copy of `params` (host numpy) without the training-only modules."""
+  tree = jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32), dict(params))
+  tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
+  for path in TRAINING_ONLY:
+    node = tree
+    for key in path[:-1]:
+      node = node.get(key, {})
+    node.pop(path[-1], None)
+  return tree
+
+
+def factorized_cdf(prior_params: dict[str, np.ndarray]):
+  """The factorized prior's cumulative as a float64 numpy function [C, n] -> [C, n].
+
+  The same network as `FactorizedPrior.logits_cumulative`, evaluated in float64 from its params.
+  """
+  n = len([k for k in prior_params if k.startswith("matrix")])
+  p = {k: np.asarray(v, np.float64) for k, v in prior_params.items()}
+  softplus = lambda a: np.logaddexp(0.0, a)
+
+  def cdf(points: np.ndarray) -> np.ndarray:
+    x = np.asarray(points, np.float64)[:, None, :]          # [C, 1, N]
+    for k in range(n):
+      x = np.matmul(softplus(p[f"matrix{k}"]), x) + (p[f"bias{k}"] - 0.5)
+      if k < n - 1:
+        x = x + np.tanh(p[f"factor{k}"]) * np.tanh(x)
+    return 0.5 * (1.0 + np.tanh(0.5 * x[:, 0, :]))           # sigmoid, stable in float64
+  return cdf
+
+
+def count_indices(model: hf.HybridFlow, params, data: str, tile: int,
+                  limit: int | None = DEFAULT_PRIOR_IMAGES, log=print) -> tuple[np.ndarray, int, int]:
+  """Codeword counts of the images of data spec `data`, tokenized in non-overlapping tiles of
+  `tile` px (images smaller than a tile are upscaled first). Returns (counts [K], images, tiles)."""
+  from hybridflow_jax.data import pipeline  # training-side code: only the exporter needs it
+
+  k = model.config.vq.num_codes
+  tokenize = jax.jit(lambda p, x: model.apply({"params": p}, x,
+                                             method=hf.HybridFlow.tokenize)["indices"])
+  source = pipeline.make_source(data)
+  counts = np.zeros(k, np.int64)
+  batch: list[np.ndarray] = []
+  images = tiles = 0
+
+  def flush():
+    nonlocal tiles
+    if not batch:
+      return
+    x = np.zeros((_TILE_BATCH, tile, tile, 3), np.float32)
+    x[:len(batch)] = np.stack(batch).astype(np.float32) / 255.0
+    idx = np.asarray(tokenize(params, jnp.asarray(x)))[:len(batch)]
+    counts[:] += np.bincount(idx.ravel(), minlength=k)
+    tiles += len(batch)
+    batch.clear()
+
+  for i in range(len(source)):
+    if limit is not None and images >= limit:
+      break
+    record = source[i]
+    try:
+      img = pipeline.upscale_to(pipeline.decode_image(record["payload"]), tile)
+    except Exception:  # unreadable images are the trainer's to report; skip them here too
+      continue
+    images += 1
+    for top in range(0, img.shape[0] - tile + 1, tile):
+      for left in range(0, img.shape[1] - tile + 1, tile):
+        batch.append(img[top:top + tile, left:left + tile])
+        if len(batch) == _TILE_BATCH:
+          flush()
+  flush()
+  if not tiles:
+    raise ValueError(f"data spec {data!r}: no readable images to measure the index prior on")
+  log(f"index prior: {tiles} tiles of {tile} px from {images} images of {data}")
+  return counts, images, tiles
+
+
+def build_tables(params, counts: np.ndarray):
+  """(tables {"z", "y", "index"}, Gaussian scales, statistics) for a model's params."""
+  prior = jax.device_get(params["continuous"]["factorized_prior"])
+  channels = np.asarray(prior["matrix0"]).shape[0]
+  z_table = tables_lib.factorized_table(factorized_cdf(prior), channels, tail_mass=TAIL_MASS)
+  scales = tables_lib.gaussian_scale_table(**GAUSSIAN_SCALES)
+  y_table = tables_lib.gaussian_tables(scales, tail_mass=TAIL_MASS)
+  index_table = tables_lib.index_prior_table(counts)
+  total = counts.sum()
+  p = counts[counts > 0] / max(total, 1)
+  stats = {
+      "tokens": int(total),
+      "codes_used": int((counts > 0).sum()),
+      "entropy_bits": float(-(p * np.log2(p)).sum()) if total else None,
+      "prior_bits_per_index": tables_lib.expected_bits(index_table, counts) if total else None,
+      "uniform_bits_per_index": math.log2(len(counts)),
+  }
+  return {"z": z_table, "y": y_table, "index": index_table}, scales, stats
+
+
+def export_params(config: ml_collections.ConfigDict, params, out, *, data: str | None = None,
+                  prior_images: int | None = DEFAULT_PRIOR_IMAGES, force: bool = False,
+                  provenance: dict | None = None, log=print) -> dict[str, Any]:
+  """Writes the bundle of `params` (a full HybridFlow param tree) to `out`; returns the manifest.
+
+  data: where codeword counts are measured (default: the config's training data).
+  """
+  model = hf.build_model(config)
+  data = data or config.data.train
+  tile = int(config.eval_size)
+  counts, images, tiles = count_indices(model, params, data, tile, prior_images, log)
+  tables, scales, stats = build_tables(params, counts)
+  info = {
+      "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+      "hybridflow_jax": __version__,
+      "entropy_coder": "constriction " + _constriction_version(),
+      **(provenance or {}),
+      "index_prior": {"data": data, "images": images, "tiles": tiles, "tile_px": tile, **stats},
+      "tables": {"gaussian_scales": GAUSSIAN_SCALES, "tail_mass": TAIL_MASS,
+                 "precision_bits": tables_lib.PRECISION},
+  }
+  manifest = bundle_lib.write(out, config.to_dict(), inference_params(params), tables, scales,
+                              info, force=force)
+  log(f"wrote {out} (fingerprint {manifest['fingerprint'][:8]})")
+  return manifest
+
+
+def export_run(workdir, out, *, data: str | None = None,
+               prior_images: int | None = DEFAULT_PRIOR_IMAGES, force: bool = False,
+               log=print) -> dict[str, Any]:
+  """Exports the final params of a finished training run in `workdir` (see the module docstring)."""
+  from hybridflow_jax.config import validate
+  from hybridflow_jax.train import checkpoint as ckpt_lib
+  from hybridflow_jax.train.trainer import stage_list
+
+  workdir = pathlib.Path(workdir)
+  config_file = workdir / "config.json"
+  if not config_file.is_file():
+    raise ValueError(f"{workdir} is not a training run (no config.json); train first")
+  config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+  validate(config)
+  stages = stage_list(config)
+  unfinished = [s for s in stages if not (workdir / s / "DONE").is_file()]
+  if unfinished:
+    raise ValueError(f"{workdir}: stage(s) {', '.join(unfinished)} not finished; export needs "
+                     f"the whole pipeline ({', '.join(stages)})")
+  final = stages[-1]
+  model = hf.build_model(config)
+  params = ckpt_lib.load_params(workdir / final / "params", hf.param_shapes(model))
+  step = (workdir / final / "DONE").read_text().strip()
+  provenance = {"source": {"workdir": str(workdir.resolve()), "stage": final, "step": int(step)}}
+  return export_params(config, params, out, data=data, prior_images=prior_images, force=force,
+                       provenance=provenance, log=log)
+
+
+def _constriction_version() -> str:
+  from importlib.metadata import version
+  return version("constriction")

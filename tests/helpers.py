@@ -1,0 +1,42 @@
+"""Helpers shared by test modules: running `hybridflow` the way users do, in subprocesses."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.py")
+# The tiny pipeline most tests train (once per session, `tiny_run` in conftest.py).
+TINY_PIPELINE = ("train.log_every=1", "train.steps.vq=16", "train.steps.continuous=16",
+                 "train.steps.transformer=16", "train.steps.bridge=16", "losses.gan_start=100")
+
+
+def run_env(cache, devices=1, **extra):
+  """Environment of a CPU subprocess sharing the session's compilation cache."""
+  env = dict(os.environ)
+  env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env.update(extra)
+  return env
+
+
+def train_cmd(workdir, *overrides, extra=()):
+  return [sys.executable, "-m", "hybridflow_jax.cli", "train", "--config", TINY,
+          "--workdir", str(workdir), *[f"--config.{o}" for o in overrides], *extra]
+
+
+def train(cache, workdir, *overrides, devices=1, timeout=600):
+  r = subprocess.run(train_cmd(workdir, *overrides), env=run_env(cache, devices),
+                     capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  return r
+
+
+def hybridflow(*args, env=None, timeout=600, prefix=()):
+  """Runs `hybridflow ARGS` (python -m hybridflow_jax.cli); returns the CompletedProcess.
+
+  prefix: a command to run it under (e.g. ("taskset", "-c", "0")).
+  """
+  return subprocess.run([*prefix, sys.executable, "-m", "hybridflow_jax.cli", *map(str, args)],
+                        env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
