@@ -8,7 +8,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
 # The tiny pipeline most tests train (once per session, `tiny_run` in conftest.py).
-TINY_PIPELINE = ("train.log_every=1", "train.steps.vq=16", "train.steps.continuous=16",
+TINY_PIPELINE = ("train.log_every=1", "train.steps.vq=16", "train.steps.continuous=40",
                  "train.steps.transformer=16", "train.steps.bridge=16", "losses.gan_start=100")
 
 

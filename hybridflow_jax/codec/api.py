@@ -275,25 +275,25 @@ class Codec:
       if schedule == DYNAMIC and budget is None:
         budget = float(self.config.model.masking.target_keep)
       return self._write(lat, schedule, *self.keep_map(lat, schedule, budget), budget)
-    max_bits = target_bpp * lat.height * lat.width
+    fits = lambda c: c.bpp <= target_bpp
     if schedule is None:  # fixed schedules, densest first; stop at the first that fits
       for name in masking.SCHEDULES:
         out = self._write(lat, name, *self.keep_map(lat, name))
-        if out.bits["file"] <= max_bits:
+        if fits(out):
           return out
       raise RateError(f"cannot reach {target_bpp:g} bpp: the sparsest schedule ({name}) needs "
                       f"{out.bpp:.4g} bpp for this {lat.width}x{lat.height} image")
     # Dynamic: the largest keep budget whose file fits, by bisection (the keep-map only grows
     # with the budget).
     best = self._write(lat, DYNAMIC, *self.keep_map(lat, DYNAMIC, 0.0), 0.0)
-    if best.bits["file"] > max_bits:
+    if not fits(best):
       raise RateError(f"cannot reach {target_bpp:g} bpp: the sparsest dynamic budget needs "
                       f"{best.bpp:.4g} bpp for this {lat.width}x{lat.height} image")
     lo, hi = 0.0, 1.0
     for _ in range(BUDGET_STEPS):
       mid = 0.5 * (lo + hi)
       out = self._write(lat, DYNAMIC, *self.keep_map(lat, DYNAMIC, mid), mid)
-      if out.bits["file"] <= max_bits:
+      if fits(out):
         lo, best = mid, out
       else:
         hi = mid
