@@ -27,6 +27,8 @@ COMMANDS = {
     "export": "write the inference bundle of a finished run (--workdir RUN --out MODEL_DIR)",
     "compress": "compress an image into a HybridFlow file (IN OUT --model MODEL_DIR)",
     "decompress": "decompress a HybridFlow file into an image (IN OUT --model MODEL_DIR)",
+    "eval": "evaluate a model on image sets: real files, PSNR, MS-SSIM, LPIPS, baselines, plots "
+            "(--model MODEL_DIR --data NAME=SOURCE --out DIR)",
 }
 # Commands with their own argparse front end (hybridflow_jax/codec/cli.py): they must fail fast,
 # before jax is imported, on bad input.
@@ -105,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
   if command in CODEC_COMMANDS:
     from hybridflow_jax.codec import cli as codec_cli
     sys.exit(codec_cli.main(command, argv[2:]))
+  if command == "eval":
+    from hybridflow_jax import evaluate
+    sys.exit(evaluate.main(argv[2:]))
   if command not in COMMANDS:
     print(f"hybridflow: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     sys.exit(2)

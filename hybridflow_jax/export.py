@@ -136,10 +136,10 @@ def build_tables(params, counts: np.ndarray):
   return {"z": z_table, "y": y_table, "index": index_table}, scales, stats
 
 
-def export_params(config: ml_collections.ConfigDict, params, out, *, data: str | None = None,
-                  prior_images: int | None = DEFAULT_PRIOR_IMAGES, force: bool = False,
-                  provenance: dict | None = None, log=print) -> dict[str, Any]:
-  """Writes the bundle of `params` (a full HybridFlow param tree) to `out`; returns the manifest.
+def make_bundle(config: ml_collections.ConfigDict, params, *, data: str | None = None,
+                prior_images: int | None = DEFAULT_PRIOR_IMAGES, provenance: dict | None = None,
+                log=print) -> dict[str, Any]:
+  """The in-memory bundle of `params` (a full HybridFlow param tree): what `Codec` takes.
 
   data: where codeword counts are measured (default: the config's training data).
   """
@@ -157,16 +157,25 @@ def export_params(config: ml_collections.ConfigDict, params, out, *, data: str |
       "tables": {"gaussian_scales": GAUSSIAN_SCALES, "tail_mass": TAIL_MASS,
                  "precision_bits": tables_lib.PRECISION},
   }
-  manifest = bundle_lib.write(out, config.to_dict(), inference_params(params), tables, scales,
-                              info, force=force)
+  return bundle_lib.assemble(config.to_dict(), inference_params(params), tables, scales, info)
+
+
+def export_params(config: ml_collections.ConfigDict, params, out, *, data: str | None = None,
+                  prior_images: int | None = DEFAULT_PRIOR_IMAGES, force: bool = False,
+                  provenance: dict | None = None, log=print) -> dict[str, Any]:
+  """Writes the bundle of `params` (a full HybridFlow param tree) to `out`; returns the manifest."""
+  bundle_lib.check_destination(out, force)  # before the slow part
+  b = make_bundle(config, params, data=data, prior_images=prior_images, provenance=provenance,
+                  log=log)
+  manifest = bundle_lib.write(out, b["config"], b["params"], b["tables"], b["scales"],
+                              {k: v for k, v in b["manifest"].items()
+                               if k not in ("format", "version", "fingerprint")}, force=force)
   log(f"wrote {out} (fingerprint {manifest['fingerprint'][:8]})")
   return manifest
 
 
-def export_run(workdir, out, *, data: str | None = None,
-               prior_images: int | None = DEFAULT_PRIOR_IMAGES, force: bool = False,
-               log=print) -> dict[str, Any]:
-  """Exports the final params of a finished training run in `workdir` (see the module docstring)."""
+def load_run(workdir) -> tuple[ml_collections.ConfigDict, Any, dict[str, Any]]:
+  """(config, final params, provenance) of a finished training run in `workdir`."""
   from hybridflow_jax.config import validate
   from hybridflow_jax.train import checkpoint as ckpt_lib
   from hybridflow_jax.train.trainer import stage_list
@@ -180,13 +189,21 @@ def export_run(workdir, out, *, data: str | None = None,
   stages = stage_list(config)
   unfinished = [s for s in stages if not (workdir / s / "DONE").is_file()]
   if unfinished:
-    raise ValueError(f"{workdir}: stage(s) {', '.join(unfinished)} not finished; export needs "
+    raise ValueError(f"{workdir}: stage(s) {', '.join(unfinished)} not finished; a model needs "
                      f"the whole pipeline ({', '.join(stages)})")
   final = stages[-1]
   model = hf.build_model(config)
   params = ckpt_lib.load_params(workdir / final / "params", hf.param_shapes(model))
   step = (workdir / final / "DONE").read_text().strip()
   provenance = {"source": {"workdir": str(workdir.resolve()), "stage": final, "step": int(step)}}
+  return config, params, provenance
+
+
+def export_run(workdir, out, *, data: str | None = None,
+               prior_images: int | None = DEFAULT_PRIOR_IMAGES, force: bool = False,
+               log=print) -> dict[str, Any]:
+  """Exports the final params of a finished training run in `workdir` (see the module docstring)."""
+  config, params, provenance = load_run(workdir)
   return export_params(config, params, out, data=data, prior_images=prior_images, force=force,
                        provenance=provenance, log=log)
 

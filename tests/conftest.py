@@ -20,10 +20,22 @@ def compile_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_run(compile_cache, tmp_path_factory):
-  """A finished tiny training pipeline (every stage, 16 steps each): (workdir, CompletedProcess)."""
+  """A finished tiny training pipeline (TINY_PIPELINE): (workdir, CompletedProcess)."""
   from helpers import TINY_PIPELINE, train
   workdir = tmp_path_factory.mktemp("tiny_run")
   return workdir, train(compile_cache, workdir, *TINY_PIPELINE)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tiny_run, compile_cache, tmp_path_factory):
+  """The tiny run exported with the command line: (bundle directory, CompletedProcess)."""
+  from helpers import PRIOR_IMAGES, hybridflow, run_env
+  workdir, _ = tiny_run
+  out = tmp_path_factory.mktemp("bundle") / "tiny"
+  r = hybridflow("export", "--workdir", workdir, "--out", out, "--prior-images", PRIOR_IMAGES,
+                 env=run_env(compile_cache))
+  assert r.returncode == 0, r.stderr[-3000:]
+  return out, r
 
 
 @pytest.fixture(scope="session")

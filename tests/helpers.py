@@ -10,6 +10,8 @@ TINY = str(ROOT / "configs" / "tiny.py")
 # The tiny pipeline most tests train (once per session, `tiny_run` in conftest.py).
 TINY_PIPELINE = ("train.log_every=1", "train.steps.vq=16", "train.steps.continuous=40",
                  "train.steps.transformer=16", "train.steps.bridge=16", "losses.gan_start=100")
+# Images the exported tiny bundle's codeword prior is measured on.
+PRIOR_IMAGES = 8
 
 
 def run_env(cache, devices=1, **extra):

@@ -35,16 +35,6 @@ CROP = (256, 384)  # every demo photo is at least 300 x 451
 
 
 @pytest.fixture(scope="session")
-def bundle_dir(tiny_run, compile_cache, tmp_path_factory):
-  workdir, _ = tiny_run
-  out = tmp_path_factory.mktemp("bundle") / "tiny"
-  r = hybridflow("export", "--workdir", workdir, "--out", out, "--prior-images", 8,
-                 env=run_env(compile_cache))
-  assert r.returncode == 0, r.stderr[-3000:]
-  return out, r
-
-
-@pytest.fixture(scope="session")
 def codec(bundle_dir):
   return Codec.load(bundle_dir[0])
 

@@ -77,7 +77,8 @@ class Compressed:
   data: the file bytes. schedule: the schedule used ("1_4", ..., "dynamic"). keep_ratio: fraction
   of indices sent. bits: real sizes in bits ("file", "header" = container bytes that are not
   payload) and the tables' ideal cost of each part ("z", "y", "side", "indices"; no stream
-  termination). budget: the dynamic target keep ratio, if dynamic.
+  termination). budget: the dynamic target keep ratio, if dynamic. keep: [h, w] bool, which
+  codeword indices were sent.
   """
 
   data: bytes
@@ -87,6 +88,7 @@ class Compressed:
   keep_ratio: float
   bits: dict[str, float]
   budget: float | None = None
+  keep: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
   @property
   def bpp(self) -> float:
@@ -105,6 +107,7 @@ class _Latents:
   residual: np.ndarray    # int64 [h, w, M]
   scale_index: np.ndarray  # int32 [h, w, M]
   y_hat: np.ndarray       # float32 [h, w, M]
+  model_bits: tuple[float, float] | None = None  # the model's (y, z) estimate, once computed
 
 
 def token_grid(height: int, width: int) -> tuple[int, int]:
@@ -181,6 +184,35 @@ class Codec:
       image, _ = hf.decode(model, params, indices[None], keep[None], y_hat[None])
       return image[0]
     return jax.jit(fn)
+
+  @functools.cached_property
+  def _model_bits(self):
+    model = self.model
+
+    def fn(params, x):
+      enc = hf.encode(model, params, x, None)
+      return (-jnp.sum(jnp.log2(enc["y_likelihood"])), -jnp.sum(jnp.log2(enc["z_likelihood"])))
+    return jax.jit(fn)
+
+  @functools.cached_property
+  def _index_bits(self) -> np.ndarray:
+    """[K] bits of each codeword under the frozen index prior."""
+    t = self.tables["index"]
+    return t.precision - np.log2(t.freqs[0, :self.num_codes].astype(np.float64))
+
+  def estimate_bits(self, lat: _Latents, c: Compressed) -> dict[str, float]:
+    """The model's own estimate of `c`'s payload (`hybridflow.estimate_bits`: the training-time
+    likelihoods of y and z, the frozen index prior for the sent indices, log2(#schedules) per
+    dynamic region), in bits; add c.bits["header"] to compare with the file."""
+    if lat.model_bits is None:
+      y, z = jax.device_get(self._model_bits(self.params, lat.image[None]))
+      lat.model_bits = (float(y), float(z))
+    keep = c.keep
+    out = {"y": lat.model_bits[0], "z": lat.model_bits[1],
+           "indices": float(self._index_bits[lat.indices[keep]].sum()),
+           "side": c.bits["side"]}
+    out["total"] = sum(out.values())
+    return out
 
   def entropy_parameters(self, z: np.ndarray, hw: tuple[int, int]):
     """(mean float32 [h, w, M], scale-table index int32 [h, w, M]) from z_hat int [hz, wz, Nz].
@@ -259,7 +291,7 @@ class Codec:
         "indices": estimate_bits(sent, self.tables["index"], 0),
     }
     return Compressed(data=data, height=lat.height, width=lat.width, schedule=schedule,
-                      keep_ratio=float(keep.mean()), bits=bits, budget=budget)
+                      keep_ratio=float(keep.mean()), bits=bits, budget=budget, keep=keep)
 
   def compress_detailed(self, image, schedule: str | None = None,
                         target_bpp: float | None = None, budget: float | None = None) -> Compressed:

@@ -76,6 +76,28 @@ def fingerprint(model_config: Mapping, params: Mapping[str, np.ndarray],
   return h.hexdigest()
 
 
+def assemble(config: Mapping, params: Mapping[str, Any], tables: Mapping[str, CdfTable],
+             scales: np.ndarray, info: Mapping[str, Any]) -> dict[str, Any]:
+  """The in-memory bundle `read` would return for these parts (fingerprinted, float32 params):
+  what `write` stores, and what `Codec` takes directly (e.g. to evaluate a run without writing)."""
+  flat = {k: np.asarray(v, dtype=np.float32) for k, v in flatten(params).items()}
+  config = json.loads(json.dumps(config, default=list))
+  fp = fingerprint(config["model"], flat, tables, scales)
+  manifest = {"format": FORMAT, "version": VERSION, "fingerprint": fp, **info}
+  return {"manifest": manifest, "config": config, "params": unflatten(flat), "tables": tables,
+          "scales": np.asarray(scales, np.float64)}
+
+
+def check_destination(out: str | os.PathLike, force: bool = False) -> pathlib.Path:
+  """Raises BundleError unless a bundle may be written to `out` (absent or empty, or `force`)."""
+  out = pathlib.Path(out)
+  if out.exists() and not out.is_dir():
+    raise BundleError(f"{out} exists and is not a directory")
+  if out.exists() and any(out.iterdir()) and not force:
+    raise BundleError(f"{out} exists and is not empty (pass --force to replace it)")
+  return out
+
+
 def write(out: str | os.PathLike, config: Mapping, params: Mapping[str, Any],
           tables: Mapping[str, CdfTable], scales: np.ndarray, info: Mapping[str, Any],
           force: bool = False) -> dict[str, Any]:
@@ -87,15 +109,9 @@ def write(out: str | os.PathLike, config: Mapping, params: Mapping[str, Any],
   An existing non-empty `out` is refused unless `force`; then it is replaced only once the new
   bundle is complete (written next to it, then renamed).
   """
-  out = pathlib.Path(out)
-  if out.exists() and not out.is_dir():
-    raise BundleError(f"{out} exists and is not a directory")
-  if out.exists() and any(out.iterdir()) and not force:
-    raise BundleError(f"{out} exists and is not empty (pass --force to replace it)")
-  flat = {k: np.asarray(v, dtype=np.float32) for k, v in flatten(params).items()}
-  config = json.loads(json.dumps(config, default=list))
-  fp = fingerprint(config["model"], flat, tables, scales)
-  manifest = {"format": FORMAT, "version": VERSION, "fingerprint": fp, **info}
+  out = check_destination(out, force)
+  b = assemble(config, params, tables, scales, info)
+  flat, config, manifest = flatten(b["params"]), b["config"], b["manifest"]
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
   try:

@@ -1,0 +1,156 @@
+"""`hybridflow eval`: real files, metrics of what the files decode to, baselines, JSON/CSV/plots."""
+
+import csv
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+from helpers import PRIOR_IMAGES, hybridflow, run_env
+from PIL import Image
+
+from hybridflow_jax import evaluate, image_metrics
+from hybridflow_jax.codec.api import Codec
+from hybridflow_jax.data import demo
+
+SCHEDULES = ("1_4", "dynamic")
+SHAPE = (176, 232)  # MS-SSIM needs sides over 160 px
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+  """Three demo photos as PNG files, one of them in a subfolder."""
+  root = tmp_path_factory.mktemp("photos")
+  (root / "more").mkdir()
+  photos = demo.load("all")
+  for name, rel in (("chelsea", "chelsea.png"), ("rocket", "rocket.png"), ("coffee", "more/coffee.png")):
+    img = photos[name]
+    Image.fromarray(img[:SHAPE[0], :SHAPE[1]]).save(root / rel)
+  return root
+
+
+@pytest.fixture(scope="module")
+def evaluated(bundle_dir, photo_dir, compile_cache, tmp_path_factory):
+  out = tmp_path_factory.mktemp("eval")
+  r = hybridflow("eval", "--model", bundle_dir[0], "--data", f"photos={photo_dir}", "--out", out,
+                 "--schedules", ",".join(SCHEDULES), "--baselines", "jpeg,webp", "--no-progress",
+                 env=run_env(compile_cache))
+  assert r.returncode == 0, r.stderr[-3000:]
+  return out / "photos", r
+
+
+def test_eval_reports_real_file_sizes_and_metrics_of_the_decoded_files(evaluated, bundle_dir,
+                                                                       photo_dir):
+  out, r = evaluated
+  results = json.loads((out / "results.json").read_text())
+  ours = [row for row in results["per_image"] if row["codec"] == "hybridflow"]
+  assert len(ours) == 3 * len(SCHEDULES)
+  assert {row["image"] for row in ours} == {"chelsea.png", "rocket.png", "more/coffee.png"}
+  codec = Codec.load(bundle_dir[0])
+  for row in ours:
+    data = (out / row["file"]).read_bytes()
+    pixels = row["width"] * row["height"]
+    # The bpp is the file's: its size x 8 / pixels, exactly.
+    assert row["bytes"] == len(data) and row["bpp"] == len(data) * 8 / pixels
+    # The metrics are of what that file decodes to.
+    original = np.asarray(Image.open(photo_dir / row["image"]).convert("RGB"))
+    decoded = codec.decompress(data)
+    assert row["psnr-rgb"] == pytest.approx(image_metrics.psnr_uint8(original, decoded), abs=1e-9)
+    assert 0 < row["ms-ssim-rgb"] <= 1 and 0 <= row["lpips-alex"] and 0 <= row["lpips-vgg"]
+    assert row["encoding_time"] > 0 and row["decoding_time"] > 0
+    assert row["bpp-estimated"] == pytest.approx(row["bpp"], rel=0.1)
+  # Means per operating point, in CompressAI's keys, over the per-image rows.
+  assert results["name"] == "hybridflow" and results["operating_points"] == list(SCHEDULES)
+  for key in ("bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time", "lpips-alex",
+              "lpips-vgg", "bpp-estimated"):
+    for i, op in enumerate(SCHEDULES):
+      values = [row[key] for row in ours if row["operating_point"] == op]
+      assert results["results"][key][i] == pytest.approx(np.mean(values)), (key, op)
+  assert results["dataset"] == {"name": "photos", "source": str(photo_dir), "images": 3}
+  assert results["model"]["fingerprint"] == codec.manifest["fingerprint"]
+  assert 0 < results["peak_rss_gib"] < 8
+  assert "hybridflow" in r.stdout and "bpp" in r.stdout
+
+
+def test_eval_baselines_sit_at_the_closest_quality(evaluated, photo_dir):
+  out, _ = evaluated
+  results = json.loads((out / "results.json").read_text())
+  assert set(results["baselines"]) == {"jpeg", "webp"}
+  rows = results["per_image"]
+  ours = {(r["image"], r["operating_point"]): r["bpp"] for r in rows if r["codec"] == "hybridflow"}
+  for b in evaluate.baselines(["jpeg", "webp"]):
+    for row in (r for r in rows if r["codec"] == b.name):
+      original = np.asarray(Image.open(photo_dir / row["image"]).convert("RGB"))
+      pixels = original.shape[0] * original.shape[1]
+      data = b.encode(original, row["quality"])
+      assert row["bytes"] == len(data) and row["bpp"] == len(data) * 8 / pixels
+      assert row["psnr-rgb"] == pytest.approx(image_metrics.psnr_uint8(original, b.decode(data)))
+      # No other quality is closer to our bpp on that image.
+      target = ours[(row["image"], row["operating_point"])]
+      lo, hi = b.qualities
+      best = min(abs(len(b.encode(original, q)) * 8 / pixels - target) for q in range(lo, hi + 1))
+      assert abs(row["bpp"] - target) == pytest.approx(best)
+
+
+def test_eval_writes_csv_and_plots(evaluated):
+  out, _ = evaluated
+  with open(out / "per_image.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 3 * len(SCHEDULES) * 3  # images x operating points x (ours, jpeg, webp)
+  with open(out / "summary.csv") as f:
+    summary = list(csv.DictReader(f))
+  assert [(r["codec"], r["operating_point"]) for r in summary] == [
+      (c, s) for c in ("hybridflow", "jpeg", "webp") for s in SCHEDULES]
+  for name in ("rd_psnr.png", "rd_ms-ssim.png", "rd_lpips.png", "grid.png"):
+    with Image.open(out / name) as im:
+      assert im.format == "PNG" and im.size[0] > 300, name
+
+
+def test_reference_curves_name_their_sources():
+  for dataset in ("kodak", "clic2020"):
+    curves = evaluate.reference_curves(dataset)
+    assert len(curves) >= 5, dataset
+    for c in curves:
+      assert c["source"] and c["name"] and c["results"]["bpp"]
+      assert all(b <= 0.1 for b in c["results"]["bpp"])
+      for key, values in c["results"].items():
+        assert len(values) == len(c["results"]["bpp"]), (c["name"], key)
+
+
+def test_eval_of_a_training_run_uses_the_same_model_as_its_export(tiny_run, bundle_dir, photo_dir,
+                                                                  compile_cache, tmp_path):
+  workdir, _ = tiny_run
+  r = hybridflow("eval", "--workdir", workdir, "--data", f"one={photo_dir}", "--out", tmp_path,
+                 "--schedules", "1_4", "--baselines", "none", "--limit", 1, "--no-progress",
+                 "--prior-images", PRIOR_IMAGES, env=run_env(compile_cache))
+  assert r.returncode == 0, r.stderr[-3000:]
+  results = json.loads((tmp_path / "one" / "results.json").read_text())
+  assert results["dataset"]["images"] == 1 and results["baselines"] == {}
+  assert results["model"]["fingerprint"] == Codec.load(bundle_dir[0]).manifest["fingerprint"]
+  assert math.isfinite(results["results"]["bpp"][0])
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--data", "photos"), "expected NAME=SOURCE"),
+    (("--data", "a=/no/such/dir"), "not an existing directory"),
+    (("--data", "a=demo", "--schedules", "1_5"), "unknown 1_5"),
+    (("--data", "a=demo", "--baselines", "gif"), "unknown baseline"),
+    (("--data", "a=demo", "--data", "a=demo:heldout"), "given twice"),
+])
+def test_eval_user_errors_are_one_line(bundle_dir, tmp_path, args, message):
+  t = time.perf_counter()
+  r = hybridflow("eval", "--model", bundle_dir[0], "--out", tmp_path / "out", *args)
+  assert r.returncode == 2 and message in r.stderr, r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1 and time.perf_counter() - t < 10
+  assert not (tmp_path / "out").exists()
+
+
+def test_eval_does_not_replace_results_without_force(bundle_dir, evaluated):
+  out, _ = evaluated
+  before = (out / "results.json").read_bytes()
+  r = hybridflow("eval", "--model", bundle_dir[0], "--data", "photos=demo", "--out", out.parent)
+  assert r.returncode == 2 and "--force" in r.stderr
+  assert (out / "results.json").read_bytes() == before
+  r = hybridflow("eval", "--model", "/no/such/model", "--data", "x=demo", "--out", out.parent / "x")
+  assert r.returncode == 2 and "no model bundle" in r.stderr
