@@ -29,6 +29,9 @@ COMMANDS = {
     "decompress": "decompress a HybridFlow file into an image (IN OUT --model MODEL_DIR)",
     "eval": "evaluate a model on image sets: real files, PSNR, MS-SSIM, LPIPS, baselines, plots "
             "(--model MODEL_DIR --data NAME=SOURCE --out DIR)",
+    "plan": "compile a config's update steps ahead of time for N devices: params, FLOPs, memory "
+            "(--config C --devices N [--hbm-gib G])",
+    "prepare-data": "image folders, imagenet2012 or open_images_v4 -> TFDS array_record for grain",
 }
 # Commands with their own argparse front end (hybridflow_jax/codec/cli.py): they must fail fast,
 # before jax is imported, on bad input.
@@ -69,8 +72,9 @@ def _init_distributed() -> None:
     if jax.config.jax_platforms in (None, "", "cpu") and "cpu" in os.environ.get("JAX_PLATFORMS", "cpu"):
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ:
-    jax.distributed.initialize()  # cluster environment detected by JAX
+  elif (os.environ.get("HYBRIDFLOW_DISTRIBUTED") == "auto"
+        or int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ):
+    jax.distributed.initialize()  # the cluster (Cloud TPU, SLURM) is detected by JAX
 
 
 def cmd_train(_):
@@ -110,6 +114,12 @@ def main(argv: list[str] | None = None) -> None:
   if command == "eval":
     from hybridflow_jax import evaluate
     sys.exit(evaluate.main(argv[2:]))
+  if command == "prepare-data":
+    from hybridflow_jax.data import prepare
+    sys.exit(prepare.main(argv[2:]))
+  if command == "plan":  # sets the device count before jax starts: its own front end
+    from hybridflow_jax import plan
+    sys.exit(plan.main(argv[2:]))
   if command not in COMMANDS:
     print(f"hybridflow: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     sys.exit(2)

@@ -33,7 +33,7 @@ from hybridflow_jax.models import hybridflow as hf
 
 # Modules that only training uses.
 TRAINING_ONLY = (("pixel_decoder",), ("continuous", "synthesis_head"))
-GAUSSIAN_SCALES = dict(min_scale=0.11, max_scale=256.0, levels=64)
+GAUSSIAN_SCALES = dict(min_scale=0.11, max_scale=256.0, levels=128)
 TAIL_MASS = 1e-9
 DEFAULT_PRIOR_IMAGES = 1000
 _TILE_BATCH = 16

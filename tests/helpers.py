@@ -28,8 +28,8 @@ def train_cmd(workdir, *overrides, extra=()):
           "--workdir", str(workdir), *[f"--config.{o}" for o in overrides], *extra]
 
 
-def train(cache, workdir, *overrides, devices=1, timeout=600):
-  r = subprocess.run(train_cmd(workdir, *overrides), env=run_env(cache, devices),
+def train(cache, workdir, *overrides, devices=1, timeout=600, env=None):
+  r = subprocess.run(train_cmd(workdir, *overrides), env=env or run_env(cache, devices),
                      capture_output=True, text=True, timeout=timeout, cwd=ROOT)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   return r

@@ -196,9 +196,7 @@ def test_real_file_bits_match_the_model_estimate_within_one_percent(codec, photo
                              num_schedules=len(codec.dynamic_names))
       expected = float(est["total"][0]) + c.bits["header"]
       rows.append((name, schedule, c.bits["file"], expected, c.bits["header"]))
-      # Per photo the tiny test model (40 continuous steps) reaches 1.3 % at worst (chelsea);
-      # over all photos the bound is the 1 %.
-      assert abs(c.bits["file"] - expected) <= 0.02 * expected, rows[-1]
+      assert abs(c.bits["file"] - expected) <= 0.01 * expected, rows[-1]
   file_bits, expected_bits = sum(r[2] for r in rows), sum(r[3] for r in rows)
   assert abs(file_bits - expected_bits) <= 0.01 * expected_bits, (file_bits, expected_bits)
   print("\n".join(f"{n:22s} {s:8s} file {f:7.0f} b  estimate+header {e:8.1f} b  header {h:.0f} b"

@@ -156,7 +156,7 @@ def test_bad_inputs_are_rejected(gaussian):
   with pytest.raises(ValueError, match="2\\*\\*62"):
     enc.encode_with_table(np.array([2**62]), gaussian, 0)
   with pytest.raises(ValueError, match="rows"):
-    enc.encode_with_table(np.array([1, 2]), gaussian, np.array([0, 64]))
+    enc.encode_with_table(np.array([1, 2]), gaussian, np.array([0, gaussian.num_rows]))
   with pytest.raises(ValueError, match="rows"):
     enc.encode_with_table(np.array([1, 2]), gaussian, np.array([0, 1, 2]))
   dec = Decoder(b"\x12\x34")

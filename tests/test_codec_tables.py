@@ -167,7 +167,7 @@ def test_factorized_table_caps_the_support_around_the_median():
 
 def test_gaussian_tables_radius_matches_tail_mass():
   scales = tables.gaussian_scale_table()
-  assert scales.shape == (64,) and scales[0] == pytest.approx(0.11) and scales[-1] == pytest.approx(256)
+  assert scales.shape == (128,) and scales[0] == pytest.approx(0.11) and scales[-1] == pytest.approx(256)
   table = tables.gaussian_tables(scales, tail_mass=1e-9)
   radius = -table.offsets
   np.testing.assert_array_equal(table.lengths, 2 * radius + 2)
@@ -201,7 +201,7 @@ def test_scale_to_index_rounds_to_the_nearest_in_log_and_clips():
 
 def test_nearest_scale_rounding_costs_little_rate():
   """Coding N(0, s) data with the table row of s costs within 0.5 % of the ideal rate on average
-  over scales spread across the table (64 levels)."""
+  over scales spread across the table (128 levels)."""
   scale_table = tables.gaussian_scale_table()
   table = tables.gaussian_tables(scale_table)
   rng = np.random.default_rng(0)

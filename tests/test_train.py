@@ -6,8 +6,8 @@ All runs share one persistent compilation cache, so each distinct program compil
 import json
 import pathlib
 import signal
-import socket
 import subprocess
+import sys
 import time
 
 import jax
@@ -136,31 +136,50 @@ def test_sharded_step_equals_unsharded(compile_cache, tmp_path):
   assert la == pytest.approx(lb, rel=1e-5)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def test_two_processes_train_checkpoint_and_one_process_restores(compile_cache, tmp_path):
-  port = _free_port()
-  over = ("stage=continuous", "train.eval_at_end=False", "train.steps.continuous=6",
+def test_local_launcher_trains_two_processes_survives_an_interrupt_and_resumes(compile_cache,
+                                                                              tmp_path):
+  """launch/local.sh 2: two processes (2 CPU devices each) train one run; SIGTERM to the launcher
+  reaches both, which checkpoint and exit 0; the same command resumes and finishes; then one process
+  alone restores the 2-process checkpoint."""
+  over = ("stage=continuous", "train.eval_at_end=False", "train.steps.continuous=12",
           "train.checkpoint_every=3")
-  procs = [subprocess.Popen(
-      _cmd(tmp_path, *over, extra=("--coordinator_address", f"127.0.0.1:{port}",
-                                   "--num_processes", "2", "--process_id", str(i))),
-      env=_env(compile_cache, devices=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True, cwd=ROOT) for i in range(2)]
-  outs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outs, strict=True):
-    assert p.returncode == 0, err[-3000:]
-  sums = [line for out, _ in outs for line in out.splitlines() if "params checksum" in line]
-  assert len(sums) == 2 and sums[0].split()[-1] == sums[1].split()[-1], sums
+  cmd = ["bash", str(ROOT / "launch" / "local.sh"), "2", "--config", TINY, "--workdir",
+         str(tmp_path), *[f"--config.{o}" for o in over]]
+  env = _env(compile_cache, devices=2, PYTHON=sys.executable)
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=ROOT)
+  _wait_for_checkpoint(tmp_path, "continuous", proc, min_step=3, timeout=600)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  assert not (tmp_path / "continuous" / "DONE").exists(), "finished before the interrupt"
+  preempted = [line for line in out.splitlines() if "preempted" in line]
+  assert {line[:4] for line in preempted} == {"[p0]", "[p1]"}, out[-2000:]
+
+  r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert r.returncode == 0, r.stderr[-3000:]
+  resumed = [line for line in r.stdout.splitlines() if "resumed from step" in line]
+  assert {line[:4] for line in resumed} == {"[p0]", "[p1]"}, r.stdout[-2000:]
+  assert (tmp_path / "continuous" / "DONE").read_text().strip() == "12"
+  sums = [line.split()[-1] for line in r.stdout.splitlines() if "params checksum" in line]
+  assert len(sums) == 2 and sums[0] == sums[1], sums
   # The data state of both processes is in the checkpoint.
-  data = tmp_path / "continuous" / "checkpoints" / "6" / "data"
+  data = tmp_path / "continuous" / "checkpoints" / "12" / "data"
   assert {p.name for p in data.glob("*.json")} == {"process_0-of-2.json", "process_1-of-2.json"}
   # One process alone restores the 2-process checkpoint and trains on from it.
   (tmp_path / "continuous" / "DONE").unlink()
-  r = train(compile_cache, tmp_path, *over[:2], "train.steps.continuous=8",
+  r = train(compile_cache, tmp_path, *over[:2], "train.steps.continuous=14",
             "train.checkpoint_every=3")
-  assert "resumed from step 6" in r.stdout
+  assert "resumed from step 12" in r.stdout
+
+
+def test_local_launcher_stops_every_process_when_one_fails(compile_cache, tmp_path):
+  cmd = ["bash", str(ROOT / "launch" / "local.sh"), "2", "--config", TINY, "--workdir",
+         str(tmp_path), "--config.stage=nonsense"]
+  t = time.time()
+  r = subprocess.run(cmd, env=_env(compile_cache, PYTHON=sys.executable), capture_output=True,
+                     text=True, timeout=300, cwd=ROOT)
+  assert r.returncode == 2 and "[p0]" in r.stderr and time.time() - t < 120, r.stderr[-2000:]
+  r = subprocess.run(["bash", str(ROOT / "launch" / "local.sh"), "zero"], capture_output=True,
+                     text=True, timeout=60)
+  assert r.returncode == 2 and "usage" in r.stderr

@@ -280,7 +280,7 @@ def factorized_table(cdf_fn: Callable[[np.ndarray], np.ndarray], channels: int,
 
 
 def gaussian_scale_table(min_scale: float = 0.11, max_scale: float = 256.0,
-                         levels: int = 64) -> np.ndarray:
+                         levels: int = 128) -> np.ndarray:
   """`levels` log-spaced Gaussian scales (standard deviations, in quantisation steps): float64."""
   if not 0 < min_scale < max_scale or levels < 2:
     raise ValueError("need 0 < min_scale < max_scale and levels >= 2")
@@ -295,7 +295,9 @@ def scale_to_index(scales: np.ndarray, table: np.ndarray) -> np.ndarray:
   with a scale off by a factor e^d is second order in d when d is symmetric around 0, but first
   order when every scale is rounded the same way. Measured on a trained model's latents with 64
   levels, rounding up cost 2-8 % more bits than the model's own estimate on some images, nearest
-  rounding under 0.4 %. (Values in the tails stay codable either way: they escape.)
+  rounding under 0.4 % on most images but up to 1.35 % on some; with 128 levels (the default,
+  13 % -> 6 % apart) every demo photo is within 0.2 %. (Values in the tails stay codable either
+  way: they escape.)
 
   This is the one step that maps network output to the coder's world: everything after it is
   integers. The encoder and decoder must compute the same scales, so the network that predicts

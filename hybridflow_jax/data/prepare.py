@@ -1,0 +1,180 @@
+"""`hybridflow prepare-data`: image collections -> TFDS array_record data sets that grain reads.
+
+    # any folders of images (no TensorFlow needed):
+    hybridflow prepare-data folder --name my_photos --split train=/data/photos/train \
+        --split validation=/data/photos/val --data-dir /data/tfds
+    #   -> train with --config.data.train=tfds:my_photos/train@/data/tfds
+
+    # ImageNet from the archives downloaded by hand (ILSVRC2012_img_train.tar, ..._val.tar):
+    hybridflow prepare-data imagenet2012 --manual-dir /data/imagenet --data-dir /data/tfds
+    # OpenImages V4 (TFDS downloads it):
+    hybridflow prepare-data open_images_v4 --data-dir /data/tfds
+
+The folder path writes each file's bytes unchanged (no re-encoding) after checking that Pillow can
+read it; unreadable files are listed and left out. The `imagenet2012` and `open_images_v4` builders
+are TFDS's own; they use TensorFlow to read archives and fix a few images, so they need the
+`prepare` extra (`pip install -e ".[prepare]"`). Reading the prepared data never needs TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import re
+import sys
+
+from hybridflow_jax.data.pipeline import IMAGE_EXTENSIONS
+
+EXIT_USER_ERROR = 2
+TFDS_BUILDERS = ("imagenet2012", "open_images_v4")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class UserError(Exception):
+  """Printed as one line; exit status 2."""
+
+
+def _files(folder: pathlib.Path) -> list[pathlib.Path]:
+  return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _readable(path: pathlib.Path) -> bytes | None:
+  """The file's bytes if Pillow can fully decode it, else None."""
+  from PIL import Image
+
+  from hybridflow_jax import imageio
+  try:
+    data = path.read_bytes()
+    with Image.open(path) as im:
+      im.verify()
+    imageio.decode(data)
+    return data
+  except Exception:  # noqa: BLE001  (any reason a file cannot be read means: leave it out)
+    return None
+
+
+def prepare_folder(name: str, splits: dict[str, str], data_dir: str, log=print) -> str:
+  """Writes the array_record data set `name` (one split per folder); returns its data spec."""
+  import tensorflow_datasets as tfds
+
+  if not _NAME.match(name):
+    raise UserError(f"--name {name!r}: use lower-case letters, digits and '_' (a TFDS name)")
+  lists = {}
+  for split, folder in splits.items():
+    root = pathlib.Path(folder).expanduser()
+    if not root.is_dir():
+      raise UserError(f"--split {split}={folder}: not a directory")
+    files = _files(root)
+    if not files:
+      raise UserError(f"--split {split}={folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    lists[split] = files
+  target = pathlib.Path(data_dir) / name
+  if target.exists() and any(target.iterdir()):
+    raise UserError(f"{target} exists; choose another --name or --data-dir (nothing was changed)")
+  skipped: list[str] = []
+
+  def examples(files):
+    for i, path in enumerate(files):
+      data = _readable(path)
+      if data is None:
+        skipped.append(str(path))
+        continue
+      yield i, {"image": data}
+
+  camel = "".join(part.capitalize() for part in name.split("_"))
+  with tfds.core.registered.skip_registration():
+    builder_cls = type(camel, (tfds.core.GeneratorBasedBuilder,), {
+        "VERSION": tfds.core.Version("1.0.0"),
+        "__module__": __name__,
+        # Built here, not from a TFDS source folder: no checksums file, no code path to look up.
+        "code_path": None,
+        "url_infos": None,
+        "_info": lambda self: tfds.core.DatasetInfo(
+            builder=self, description=f"Images of {', '.join(map(str, splits.values()))}, "
+                                      "written by hybridflow prepare-data",
+            features=tfds.features.FeaturesDict(
+                {"image": tfds.features.Image(shape=(None, None, 3))})),
+        "_split_generators": lambda self, dl_manager: {
+            split: self._generate_examples(files) for split, files in lists.items()},
+        "_generate_examples": lambda self, files: examples(files),
+    })
+  builder = builder_cls(data_dir=str(data_dir), file_format="array_record")
+  if builder.name != name:
+    raise UserError(f"--name {name!r}: TFDS would call it {builder.name!r}; use that name")
+  builder.download_and_prepare()
+  for path in skipped:
+    log(f"left out (unreadable): {path}")
+  for split in splits:
+    log(f"{split}: {builder.info.splits[split].num_examples} images")
+  return f"tfds:{name}/{next(iter(splits))}@{data_dir}"
+
+
+def prepare_tfds(builder_name: str, data_dir: str, manual_dir: str | None, log=print) -> str:
+  """TFDS's own builder into array_record (needs TensorFlow); returns a data spec."""
+  try:
+    import tensorflow  # noqa: F401
+  except ImportError:
+    raise UserError(f"{builder_name}: TFDS's builder needs TensorFlow; install the extra: "
+                    "pip install -e '.[prepare]' (or prepare a folder of images instead)") from None
+  if builder_name == "imagenet2012":
+    if not manual_dir:
+      raise UserError("imagenet2012 needs --manual-dir with ILSVRC2012_img_train.tar and/or "
+                      "ILSVRC2012_img_val.tar (downloaded by hand from image-net.org)")
+    found = [f for f in ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar",
+                         "ILSVRC2012_img_test.tar") if (pathlib.Path(manual_dir) / f).is_file()]
+    if not found:
+      raise UserError(f"--manual-dir {manual_dir}: no ILSVRC2012_img_{{train,val,test}}.tar there")
+    log(f"archives: {', '.join(found)}")
+  import tensorflow_datasets as tfds
+  builder = tfds.builder(builder_name, data_dir=data_dir, file_format="array_record")
+  config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+  builder.download_and_prepare(download_config=config)
+  for split, info in builder.info.splits.items():
+    log(f"{split}: {info.num_examples} examples")
+  return f"tfds:{builder_name}/train@{data_dir}"
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="hybridflow prepare-data")
+  p.add_argument("kind", choices=("folder", *TFDS_BUILDERS),
+                 help="folder (any images), imagenet2012 or open_images_v4")
+  p.add_argument("--data-dir", "--data_dir", dest="data_dir", required=True,
+                 help="TFDS data directory to write into")
+  p.add_argument("--name", default=None, help="folder: the data set's TFDS name (snake_case)")
+  p.add_argument("--split", action="append", default=[], metavar="SPLIT=DIR",
+                 help="folder: a split and its folder (repeat; e.g. train=/data/train)")
+  p.add_argument("--manual-dir", "--manual_dir", dest="manual_dir", default=None,
+                 help="imagenet2012: the folder with the downloaded ILSVRC2012 archives")
+  return p
+
+
+def main(args: list[str]) -> int:
+  parser = _parser()
+  parser.error = _fail
+  ns = parser.parse_args(args)
+  try:
+    if ns.kind == "folder":
+      if not ns.name or not ns.split:
+        raise UserError("folder needs --name NAME and at least one --split SPLIT=DIR")
+      splits = {}
+      for item in ns.split:
+        split, sep, folder = item.partition("=")
+        if not sep or not re.match(r"^[a-z][a-z0-9_]*$", split) or not folder:
+          raise UserError(f"--split {item!r}: expected SPLIT=DIR with a lower-case split name")
+        if split in splits:
+          raise UserError(f"--split {split} is given twice")
+        splits[split] = folder
+      spec = prepare_folder(ns.name, splits, ns.data_dir)
+    else:
+      if ns.name or ns.split:
+        raise UserError(f"--name and --split are for folders, not {ns.kind}")
+      spec = prepare_tfds(ns.kind, ns.data_dir, ns.manual_dir)
+  except UserError as e:
+    _fail(str(e))
+  print(f"prepared: train with --config.data.train={spec}")
+  return 0
+
+
+def _fail(message: str):
+  print(f"hybridflow prepare-data: error: {message}", file=sys.stderr)
+  sys.exit(EXIT_USER_ERROR)
