@@ -22,7 +22,7 @@ demo: install
 	$(BIN)/hybridflow train --config configs/demo.py --workdir $(WORKDIR)
 
 lint: install
-	$(BIN)/ruff check hybridflow_jax tests configs
+	$(BIN)/ruff check hybridflow_jax tests configs benchmarks
 
 test: lint
 	$(BIN)/python -m pytest tests

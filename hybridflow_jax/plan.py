@@ -105,7 +105,8 @@ def plan_stage(cfg, stage: str, mesh) -> StagePlan:
     cost = cost[0] if cost else {}
   mem = compiled.memory_analysis()
   count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
-  trainable = count(getattr(abstract_state, "params", abstract_params))
+  flags = jax.tree.leaves(hf.trainable(abstract_params, stage))
+  trainable = sum(math.prod(x.shape) for x, t in zip(jax.tree.leaves(abstract_params), flags) if t)
   return StagePlan(
       stage=stage, devices=mesh.size, mesh=dict(mesh.shape), batch=int(cfg.train.batch_size),
       crop=crop, params=count(abstract_params), trainable=trainable,
@@ -124,7 +125,7 @@ def _gib(x: float) -> str:
 
 def format_plans(plans: list[StagePlan], hbm_gib: float | None) -> str:
   head = (f"{'stage':<12s}{'mesh':<22s}{'batch':>7s}{'crop':>6s}{'params':>14s}"
-          f"{'state GiB/dev':>15s}{'TFLOP/step/dev':>16s}{'TFLOP/step':>12s}"
+          f"{'trainable':>14s}{'state GiB/dev':>15s}{'TFLOP/step/dev':>16s}{'TFLOP/step':>12s}"
           f"{'mem GiB/dev':>13s}{'temp GiB':>10s}")
   if hbm_gib is not None:
     head += f"{'fits ' + format(hbm_gib, 'g') + ' GiB':>16s}"
@@ -132,7 +133,7 @@ def format_plans(plans: list[StagePlan], hbm_gib: float | None) -> str:
   for p in plans:
     mesh = ",".join(f"{k}={v}" for k, v in p.mesh.items())
     line = (f"{p.stage:<12s}{mesh:<22s}{p.batch:>7d}{p.crop:>6d}{p.params:>14,d}"
-            f"{_gib(p.state_bytes_per_device):>15s}{p.flops_per_device / 1e12:>16.3f}"
+            f"{p.trainable:>14,d}{_gib(p.state_bytes_per_device):>15s}{p.flops_per_device / 1e12:>16.3f}"
             f"{p.flops_per_device * p.devices / 1e12:>12.2f}{_gib(p.memory_per_device):>13s}"
             f"{_gib(p.temp_bytes):>10s}")
     if hbm_gib is not None:

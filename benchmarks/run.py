@@ -1,0 +1,318 @@
+"""Speed figures in one command; writes JSON (and prints it). docs/benchmarks.md holds the results.
+
+    .venv/bin/python benchmarks/run.py --out benchmarks/results/cpu-2core.json
+    .venv/bin/python benchmarks/run.py --peer-python /path/to/env-with-compressai/bin/python
+
+(a) Train-step throughput of every stage of a config (default configs/demo.py, its batch and crops):
+    images/s, FLOPs per step (XLA cost analysis of the compiled step), achieved FLOP/s, and MFU =
+    achieved / a float32 matmul peak measured in the same process on the same device.
+(b) Compress and decompress latency of one 768x512 photo (the Kodak layout) with the config's model
+    (untrained weights: the work does not depend on them), broken down into encoder networks,
+    entropy parameters (h_s), range coding, range decoding, transformer steps and bridging decoder.
+(c) The grain input pipeline (demo photos, 256 px crops): images/s with 0 and 2 worker processes.
+(d) With --peer-python: CompressAI's mbt2018-mean (quality 1, untrained) compress/decompress of the
+    same photo, in that interpreter, next to our continuous stream at the same size (N=128, M=192):
+    g_a, h_a, h_s and range coding; decoding is range decoding, h_s and our light synthesis head
+    (mbt2018's g_s is a full synthesis transform, so its decoder does more work).
+Times are medians of repeated runs after a warm-up (no compilation timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _median_time(fn, reps: int) -> float:
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def matmul_peak(n: int = 2048, reps: int = 5) -> float:
+  """float32 FLOP/s of a jitted n x n matmul on the default device."""
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  return 2 * n**3 / _median_time(lambda: f(a).block_until_ready(), reps)
+
+
+def train_throughput(cfg, peak: float, steps: int, log) -> dict:
+  import jax
+
+  from hybridflow_jax.config import crop_size
+  from hybridflow_jax.models import hybridflow as hf
+  from hybridflow_jax.train import sharding as shard_lib
+  from hybridflow_jax.train import steps as steps_lib
+  from hybridflow_jax.train.trainer import stage_list
+
+  mesh = shard_lib.make_mesh((("data", -1),))
+  model = hf.build_model(cfg)
+  params = hf.init_params(model, jax.random.PRNGKey(0))
+  out = {}
+  for stage in stage_list(cfg):
+    tx = steps_lib.make_optimizer(cfg, params, stage, 1000)
+    disc_tx = steps_lib.make_disc_optimizer(cfg)
+    state = steps_lib.init_state(cfg, params, stage, tx, disc_tx, jax.random.PRNGKey(1))
+    crop = crop_size(cfg, stage)
+    batch = cfg.train.batch_size
+    x = jax.random.uniform(jax.random.PRNGKey(2), (batch, crop, crop, 3))
+    step = jax.jit(steps_lib.make_train_step(model, cfg, stage, tx, disc_tx),
+                   out_shardings=None, donate_argnums=(0,))
+    log(f"train step {stage}: compiling")
+    compiled = step.lower(state, x).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    flops = float(cost.get("flops", float("nan")))
+    state, _ = compiled(state, x)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(steps):
+      t = time.perf_counter()
+      state, metrics = compiled(state, x)
+      jax.block_until_ready((state, metrics))
+      times.append(time.perf_counter() - t)
+    sec = statistics.median(times)
+    out[stage] = {"batch": batch, "crop": crop, "step_seconds": sec, "images_per_second": batch / sec,
+                  "flops_per_step": flops, "achieved_flops_per_second": flops / sec,
+                  "mfu": flops / sec / peak}
+    log(f"train step {stage}: {batch / sec:.2f} img/s, {flops / sec / 1e9:.1f} GFLOP/s")
+    del state
+  return {"mesh_devices": mesh.size, "stages": out}
+
+
+def photo_768x512() -> np.ndarray:
+  from PIL import Image
+
+  from hybridflow_jax.data import demo
+  img = Image.fromarray(demo.load("all")["astronaut"])
+  return np.asarray(img.resize((768, 768), Image.LANCZOS).crop((0, 128, 768, 640)))
+
+
+def codec_latency(cfg, image: np.ndarray, reps: int, log) -> dict:
+  import jax
+  import jax.numpy as jnp
+
+  from hybridflow_jax import export
+  from hybridflow_jax.codec.api import Codec
+  from hybridflow_jax.models import hybridflow as hf
+  from hybridflow_jax.models.transformer import decode_tokens
+
+  model = hf.build_model(cfg)
+  params = hf.init_params(model, jax.random.PRNGKey(0))
+  codec = Codec(export.make_bundle(cfg, params, prior_images=2, log=lambda _: None))
+  log("codec: compiling")
+  data = codec.compress(image)
+  codec.decompress(data)
+  lat = codec.analyze(image)
+  keep, choice = codec.keep_map(lat, "1_4")
+  x = lat.image[None]
+  h, w = lat.indices.shape
+  hw = (h, w)
+
+  # The decoder's networks, jitted separately to time them apart (Codec._render fuses them).
+  p = {"params": codec.params}
+  steps = cfg.model.transformer.decode_steps
+  predict = lambda t, c: model.apply(p, t, c, method=hf.HybridFlow.predict_tokens)
+  tokens_fn = jax.jit(lambda i, k, y: decode_tokens(predict, i, k, y, cfg.model.vq.num_codes, steps))
+  render_fn = jax.jit(lambda i, y: model.apply(p, i, y, method=hf.HybridFlow.render))
+  s = codec.read_symbols(data)
+  i, k, y = (jnp.asarray(s["indices"])[None], jnp.asarray(s["keep"])[None],
+             jnp.asarray(s["y_hat"])[None])
+  tokens = tokens_fn(i, k, y)
+  render_fn(tokens, y).block_until_ready()
+
+  t = lambda fn: _median_time(fn, reps)
+  enc_networks = t(lambda: jax.block_until_ready(codec._analyze(codec.params, x)))
+  entropy_params = t(lambda: codec.entropy_parameters(lat.z, hw))
+  range_coding = t(lambda: codec._write(lat, "1_4", keep, choice))
+  read = t(lambda: codec.read_symbols(data))
+  transformer = t(lambda: tokens_fn(i, k, y).block_until_ready())
+  bridge = t(lambda: render_fn(tokens, y).block_until_ready())
+  compress_total = t(lambda: codec.compress(image))
+  decompress_total = t(lambda: codec.decompress(data))
+  return {
+      "image": f"{image.shape[1]}x{image.shape[0]}", "schedule": "1_4", "bytes": len(data),
+      "compress_seconds": compress_total, "decompress_seconds": decompress_total,
+      "compress_breakdown": {"encoder_networks": enc_networks, "entropy_parameters_hs": entropy_params,
+                             "range_coding_and_container": range_coding},
+      "decompress_breakdown": {"range_decoding_and_hs": read, "entropy_parameters_hs": entropy_params,
+                               "transformer_steps": transformer, "transformer_step_count": steps,
+                               "bridging_decoder": bridge},
+  }
+
+
+def grain_throughput(batches: int, log) -> dict:
+  from hybridflow_jax.data import pipeline
+  out = {}
+  for workers in (0, 2):
+    it = pipeline.train_iterator("demo", crop=256, batch_size=8, seed=0, workers=workers, prefetch=2)
+    for _ in range(2):
+      next(it)
+    t = time.perf_counter()
+    for _ in range(batches):
+      next(it)
+    sec = time.perf_counter() - t
+    it.close() if hasattr(it, "close") else None
+    out[f"workers_{workers}"] = {"images_per_second": 8 * batches / sec, "batches": batches}
+    log(f"grain workers={workers}: {8 * batches / sec:.1f} img/s")
+  return out
+
+
+PEER_SCRIPT = r"""
+import json, statistics, sys, time
+import numpy as np, torch
+from PIL import Image
+from compressai.zoo import mbt2018_mean
+net = mbt2018_mean(quality=1, pretrained=False).eval()
+net.update(force=True)
+x = torch.from_numpy(np.asarray(Image.open(sys.argv[1]).convert("RGB"), np.float32) / 255)
+x = x.permute(2, 0, 1)[None]
+reps = int(sys.argv[2])
+with torch.no_grad():
+  out = net.compress(x); net.decompress(out["strings"], out["shape"])
+  def med(fn):
+    ts = []
+    for _ in range(reps):
+      t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+  c = med(lambda: net.compress(x))
+  d = med(lambda: net.decompress(out["strings"], out["shape"]))
+import compressai
+print(json.dumps({"model": "mbt2018-mean quality 1 (untrained)", "N": net.N, "M": net.M,
+                  "compressai": compressai.__version__, "torch": torch.__version__,
+                  "torch_threads": torch.get_num_threads(), "compress_seconds": c,
+                  "decompress_seconds": d,
+                  "bytes": sum(len(s[0]) for s in out["strings"])}))
+"""
+
+
+def continuous_stream_latency(base_cfg, image: np.ndarray, reps: int) -> dict:
+  """Our continuous stream alone at N=128, M=192: g_a, h_a, h_s, range coding; and back."""
+  import jax
+  import jax.numpy as jnp
+
+  from hybridflow_jax import export
+  from hybridflow_jax.codec.coder import Decoder, Encoder
+  from hybridflow_jax.codec.tables import scale_to_index
+  from hybridflow_jax.models import hybridflow as hf
+  from hybridflow_jax.models.hyperprior import _pad_to_multiple
+
+  cfg = base_cfg.copy_and_resolve_references()
+  cfg.model.continuous.update(channels=128, latent_channels=192, hyper_channels=128)
+  model = hf.build_model(cfg)
+  params = hf.init_params(model, jax.random.PRNGKey(0))
+  tables, scales, _ = export.build_tables(params, np.ones(cfg.model.vq.num_codes))
+  p = {"params": params}
+  cont = lambda m: m.continuous
+  analyze = jax.jit(lambda x: model.apply(p, x, method=lambda m, x: (
+      lambda y: (y, jnp.round(cont(m).hyper_analysis(_pad_to_multiple(y, 4)))))(cont(m).analysis(x))))
+  hs = jax.jit(lambda z, hw: model.apply(p, z, hw, method=lambda m, z, hw: cont(m).entropy_parameters(
+      z, hw)), static_argnums=1)
+  head = jax.jit(lambda y: model.apply(p, y, method=lambda m, y: cont(m).synthesis_head(y)))
+  x = jnp.asarray(image[None].astype(np.float32) / 255)
+
+  def compress():
+    y, z = jax.device_get(analyze(x))
+    z = np.asarray(z, np.int64)
+    mean, scale = jax.device_get(hs(jnp.asarray(z, jnp.float32), y.shape[1:3]))
+    idx = scale_to_index(np.asarray(scale), scales)
+    res = np.round(np.asarray(y) - mean).astype(np.int64)
+    enc = Encoder()
+    enc.encode_with_table(z, tables["z"], np.broadcast_to(np.arange(z.shape[-1]), z.shape))
+    enc.encode_with_table(res, tables["y"], idx)
+    return enc.finish(verify=False), z.shape, y.shape  # the codec verifies; CompressAI does not
+
+  def decompress(data, zshape, yshape):
+    dec = Decoder(data)
+    rows = np.broadcast_to(np.arange(zshape[-1]), zshape)
+    z = dec.decode_with_table(rows.size, tables["z"], rows.ravel()).reshape(zshape)
+    mean, scale = jax.device_get(hs(jnp.asarray(z, jnp.float32), yshape[1:3]))
+    idx = scale_to_index(np.asarray(scale), scales)
+    res = dec.decode_with_table(idx.size, tables["y"], idx.ravel()).reshape(idx.shape)
+    return np.asarray(head(jnp.asarray(res + mean, jnp.float32)))
+
+  data, zs, ys = compress()
+  decompress(data, zs, ys)
+  return {"N": 128, "M": 192, "bytes": len(data),
+          "compress_seconds": _median_time(compress, reps),
+          "decompress_seconds": _median_time(lambda: decompress(data, zs, ys), reps),
+          "decoder": "range decoding + h_s + light synthesis head"}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default=str(ROOT / "configs" / "demo.py"))
+  parser.add_argument("--out", default=None, help="JSON file to write")
+  parser.add_argument("--steps", type=int, default=3, help="timed train steps per stage")
+  parser.add_argument("--reps", type=int, default=3, help="timed codec runs")
+  parser.add_argument("--peer-python", "--peer_python", dest="peer_python", default=None,
+                      help="an interpreter where compressai imports")
+  parser.add_argument("--skip", default="", help="comma-separated parts to skip: train,codec,grain")
+  args = parser.parse_args()
+  log = lambda m: print(m, file=sys.stderr, flush=True)
+  skip = set(filter(None, args.skip.split(",")))
+
+  import jax
+
+  from hybridflow_jax import config_io
+  cfg = config_io.load_config(args.config)
+  t0 = time.perf_counter()
+  peak = matmul_peak()
+  log(f"matmul peak: {peak / 1e9:.1f} GFLOP/s")
+  result = {
+      "device": {"platform": jax.devices()[0].platform, "kind": jax.devices()[0].device_kind,
+                 "devices": jax.device_count(), "cpu_count": os.cpu_count(),
+                 "machine": platform.machine(), "processor": platform.processor()},
+      "jax": jax.__version__, "config": os.path.relpath(args.config, ROOT),
+      "matmul_peak_flops_per_second": peak,
+  }
+  if "train" not in skip:
+    result["train"] = train_throughput(cfg, peak, args.steps, log)
+  image = photo_768x512()
+  if "codec" not in skip:
+    result["codec"] = codec_latency(cfg, image, args.reps, log)
+  if "grain" not in skip:
+    result["grain"] = grain_throughput(10, log)
+  if args.peer_python:
+    with tempfile.TemporaryDirectory() as tmp:
+      from PIL import Image
+      path = os.path.join(tmp, "photo.png")
+      Image.fromarray(image).save(path)
+      r = subprocess.run([args.peer_python, "-c", PEER_SCRIPT, path, str(args.reps)],
+                         capture_output=True, text=True, timeout=600)
+      if r.returncode != 0:
+        raise SystemExit(f"--peer-python failed: {r.stderr.strip().splitlines()[-1]}")
+      peer = json.loads(r.stdout.strip().splitlines()[-1])
+    ours = continuous_stream_latency(cfg, image, args.reps)
+    result["peer"] = {"compressai": peer, "ours_continuous_stream": ours,
+                      "ratio_compress": ours["compress_seconds"] / peer["compress_seconds"],
+                      "ratio_decompress": ours["decompress_seconds"] / peer["decompress_seconds"]}
+  result["total_seconds"] = time.perf_counter() - t0
+  text = json.dumps(result, indent=1)
+  print(text)
+  if args.out:
+    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+  main()
