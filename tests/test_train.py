@@ -153,16 +153,16 @@ def test_local_launcher_trains_two_processes_survives_an_interrupt_and_resumes(c
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]
   assert not (tmp_path / "continuous" / "DONE").exists(), "finished before the interrupt"
-  preempted = [line for line in out.splitlines() if "preempted" in line]
-  assert {line[:4] for line in preempted} == {"[p0]", "[p1]"}, out[-2000:]
+  # The launcher exits 0 only if both processes did; process 0 logs for the run.
+  assert any(line.startswith("[p0]") and "preempted" in line for line in out.splitlines()), out
 
   r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert r.returncode == 0, r.stderr[-3000:]
-  resumed = [line for line in r.stdout.splitlines() if "resumed from step" in line]
-  assert {line[:4] for line in resumed} == {"[p0]", "[p1]"}, r.stdout[-2000:]
+  assert any(line.startswith("[p0]") and "resumed from step" in line
+             for line in r.stdout.splitlines()), r.stdout[-2000:]
   assert (tmp_path / "continuous" / "DONE").read_text().strip() == "12"
-  sums = [line.split()[-1] for line in r.stdout.splitlines() if "params checksum" in line]
-  assert len(sums) == 2 and sums[0] == sums[1], sums
+  sums = {line[:4]: line.split()[-1] for line in r.stdout.splitlines() if "params checksum" in line}
+  assert set(sums) == {"[p0]", "[p1]"} and len(set(sums.values())) == 1, sums
   # The data state of both processes is in the checkpoint.
   data = tmp_path / "continuous" / "checkpoints" / "12" / "data"
   assert {p.name for p in data.glob("*.json")} == {"process_0-of-2.json", "process_1-of-2.json"}
