@@ -71,7 +71,9 @@ def train_throughput(cfg, peak: float, steps: int, log) -> dict:
   for stage in stage_list(cfg):
     tx = steps_lib.make_optimizer(cfg, params, stage, 1000)
     disc_tx = steps_lib.make_disc_optimizer(cfg)
-    state = steps_lib.init_state(cfg, params, stage, tx, disc_tx, jax.random.PRNGKey(1))
+    # A copy per stage: the step donates its state, and the next stage starts from `params`.
+    fresh = jax.tree.map(lambda a: a.copy(), params)
+    state = steps_lib.init_state(cfg, fresh, stage, tx, disc_tx, jax.random.PRNGKey(1))
     crop = crop_size(cfg, stage)
     batch = cfg.train.batch_size
     x = jax.random.uniform(jax.random.PRNGKey(2), (batch, crop, crop, 3))
