@@ -174,7 +174,6 @@ def parse_data(specs: Sequence[str]) -> dict[str, str]:
 def images(spec: str, limit: int | None = None, log=print) -> Iterable[tuple[str, np.ndarray]]:
   """(name, uint8 [H, W, 3]) of every readable image of a data spec; unreadable ones are reported
   and skipped. Names are unique file names relative to a folder, or the source's own names."""
-  from hybridflow_jax import imageio
   from hybridflow_jax.data import pipeline
   source = pipeline.make_source(spec)
   root = getattr(source, "root", None)
@@ -187,8 +186,7 @@ def images(spec: str, limit: int | None = None, log=print) -> Iterable[tuple[str
     try:
       if record["error"]:
         raise OSError(record["error"])
-      payload = record["payload"]
-      rgb = imageio.decode(payload)[0] if isinstance(payload, bytes) else imageio.to_rgb8(payload)[0]
+      rgb = pipeline.decode_image(record["payload"])
     except Exception as e:  # noqa: BLE001  (any decoder failure: report, go on)
       log(f"skipping {name}: cannot read it ({type(e).__name__}: {str(e)[:100]})")
       continue

@@ -167,9 +167,7 @@ def export_params(config: ml_collections.ConfigDict, params, out, *, data: str |
   bundle_lib.check_destination(out, force)  # before the slow part
   b = make_bundle(config, params, data=data, prior_images=prior_images, provenance=provenance,
                   log=log)
-  manifest = bundle_lib.write(out, b["config"], b["params"], b["tables"], b["scales"],
-                              {k: v for k, v in b["manifest"].items()
-                               if k not in ("format", "version", "fingerprint")}, force=force)
+  manifest = bundle_lib.store(out, b, force=force)
   log(f"wrote {out} (fingerprint {manifest['fingerprint'][:8]})")
   return manifest
 

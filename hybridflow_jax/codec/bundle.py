@@ -110,8 +110,14 @@ def write(out: str | os.PathLike, config: Mapping, params: Mapping[str, Any],
   bundle is complete (written next to it, then renamed).
   """
   out = check_destination(out, force)
-  b = assemble(config, params, tables, scales, info)
+  return store(out, assemble(config, params, tables, scales, info), force)
+
+
+def store(out: str | os.PathLike, b: Mapping[str, Any], force: bool = False) -> dict[str, Any]:
+  """Writes a bundle `assemble` made (see `write`); returns its manifest."""
+  out = check_destination(out, force)
   flat, config, manifest = flatten(b["params"]), b["config"], b["manifest"]
+  tables, scales = b["tables"], b["scales"]
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
   try:
