@@ -58,27 +58,26 @@ def matmul_peak(n: int = 2048, reps: int = 5) -> float:
 def train_throughput(cfg, peak: float, steps: int, log) -> dict:
   import jax
 
-  from hybridflow_jax.config import crop_size
+  from hybridflow_jax import stages
   from hybridflow_jax.models import hybridflow as hf
   from hybridflow_jax.train import sharding as shard_lib
   from hybridflow_jax.train import steps as steps_lib
-  from hybridflow_jax.train.trainer import stage_list
 
   mesh = shard_lib.make_mesh((("data", -1),))
   model = hf.build_model(cfg)
   params = hf.init_params(model, jax.random.PRNGKey(0))
+  abstract_params = hf.param_shapes(model)
   out = {}
-  for stage in stage_list(cfg):
-    tx = steps_lib.make_optimizer(cfg, params, stage, 1000)
-    disc_tx = steps_lib.make_disc_optimizer(cfg)
+  for stage in stages.stage_list(cfg):
+    # The trainer's own sharded, donating step (steps.stage_step), on a one-axis mesh.
+    built = steps_lib.stage_step(model, cfg, stage, mesh, abstract_params, 1000)
     # A copy per stage: the step donates its state, and the next stage starts from `params`.
     fresh = jax.tree.map(lambda a: a.copy(), params)
-    state = steps_lib.init_state(cfg, fresh, stage, tx, disc_tx, jax.random.PRNGKey(1))
-    crop = crop_size(cfg, stage)
-    batch = cfg.train.batch_size
-    x = jax.random.uniform(jax.random.PRNGKey(2), (batch, crop, crop, 3))
-    step = jax.jit(steps_lib.make_train_step(model, cfg, stage, tx, disc_tx),
-                   out_shardings=None, donate_argnums=(0,))
+    state = jax.jit(built.make_state, out_shardings=built.state_shardings)(fresh)
+    crop, batch = built.crop, cfg.train.batch_size
+    x = jax.device_put(jax.random.uniform(jax.random.PRNGKey(2), (batch, crop, crop, 3)),
+                       built.images_sharding)
+    step = built.step
     log(f"train step {stage}: compiling")
     compiled = step.lower(state, x).compile()
     cost = compiled.cost_analysis()
@@ -113,10 +112,10 @@ def codec_latency(cfg, image: np.ndarray, reps: int, log) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from hybridflow_jax import export
   from hybridflow_jax.codec.api import Codec
   from hybridflow_jax.models import hybridflow as hf
   from hybridflow_jax.models.transformer import decode_tokens
+  from hybridflow_jax.train import export
 
   model = hf.build_model(cfg)
   params = hf.init_params(model, jax.random.PRNGKey(0))
@@ -125,27 +124,24 @@ def codec_latency(cfg, image: np.ndarray, reps: int, log) -> dict:
   data = codec.compress(image)
   codec.decompress(data)
   lat = codec.analyze(image)
-  keep, choice = codec.keep_map(lat, "1_4")
-  x = lat.image[None]
-  h, w = lat.indices.shape
-  hw = (h, w)
+  hw = lat.indices.shape
 
-  # The decoder's networks, jitted separately to time them apart (Codec._render fuses them).
+  # The decoder's networks, jitted separately to time them apart (Codec.render fuses them).
   p = {"params": codec.params}
   steps = cfg.model.transformer.decode_steps
   predict = lambda t, c: model.apply(p, t, c, method=hf.HybridFlow.predict_tokens)
   tokens_fn = jax.jit(lambda i, k, y: decode_tokens(predict, i, k, y, cfg.model.vq.num_codes, steps))
   render_fn = jax.jit(lambda i, y: model.apply(p, i, y, method=hf.HybridFlow.render))
   s = codec.read_symbols(data)
-  i, k, y = (jnp.asarray(s["indices"])[None], jnp.asarray(s["keep"])[None],
-             jnp.asarray(s["y_hat"])[None])
+  i, k, y = (jnp.asarray(s.index_grid())[None], jnp.asarray(s.keep)[None],
+             jnp.asarray(s.y_hat())[None])
   tokens = tokens_fn(i, k, y)
   render_fn(tokens, y).block_until_ready()
 
   t = lambda fn: _median_time(fn, reps)
-  enc_networks = t(lambda: jax.block_until_ready(codec._analyze(codec.params, x)))
+  enc_networks = t(lambda: codec.networks.analyze(lat.image))
   entropy_params = t(lambda: codec.entropy_parameters(lat.z, hw))
-  range_coding = t(lambda: codec._write(lat, "1_4", keep, choice))
+  range_coding = t(lambda: codec.write(lat, "1_4"))
   read = t(lambda: codec.read_symbols(data))
   transformer = t(lambda: tokens_fn(i, k, y).block_until_ready())
   bridge = t(lambda: render_fn(tokens, y).block_until_ready())
@@ -212,11 +208,10 @@ def continuous_stream_latency(base_cfg, image: np.ndarray, reps: int) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from hybridflow_jax import export
   from hybridflow_jax.codec.coder import Decoder, Encoder
   from hybridflow_jax.codec.tables import scale_to_index
   from hybridflow_jax.models import hybridflow as hf
-  from hybridflow_jax.models.hyperprior import _pad_to_multiple
+  from hybridflow_jax.train import export
 
   cfg = base_cfg.copy_and_resolve_references()
   cfg.model.continuous.update(channels=128, latent_channels=192, hyper_channels=128)
@@ -224,12 +219,11 @@ def continuous_stream_latency(base_cfg, image: np.ndarray, reps: int) -> dict:
   params = hf.init_params(model, jax.random.PRNGKey(0))
   tables, scales, _ = export.build_tables(params, np.ones(cfg.model.vq.num_codes))
   p = {"params": params}
-  cont = lambda m: m.continuous
   analyze = jax.jit(lambda x: model.apply(p, x, method=lambda m, x: (
-      lambda y: (y, jnp.round(cont(m).hyper_analysis(_pad_to_multiple(y, 4)))))(cont(m).analysis(x))))
-  hs = jax.jit(lambda z, hw: model.apply(p, z, hw, method=lambda m, z, hw: cont(m).entropy_parameters(
-      z, hw)), static_argnums=1)
-  head = jax.jit(lambda y: model.apply(p, y, method=lambda m, y: cont(m).synthesis_head(y)))
+      lambda y: (y, jnp.round(m.hyper_analysis(y))))(m.analysis(x))))
+  hs = jax.jit(lambda z, hw: model.apply(p, z, hw, method=hf.HybridFlow.entropy_parameters),
+               static_argnums=1)
+  head = jax.jit(lambda y: model.apply(p, y, method=lambda m, y: m.continuous.synthesis_head(y)))
   x = jnp.asarray(image[None].astype(np.float32) / 255)
 
   def compress():

@@ -1,140 +1,192 @@
-"""The `hybridflow` command: `hybridflow COMMAND [--flags]`.
+"""The `hybridflow` command: `hybridflow COMMAND [flags]`; `hybridflow COMMAND --help` for its flags.
 
-Commands take absl flags; `--config PATH` loads a `get_config()` file and `--config.a.b=value`
-overrides any field. Errors a user can cause print one line and exit non-zero.
+One parser tree for every command. A command's work lives in `hybridflow_jax/commands/<command>.py`
+(`run(ns)` -> exit status), imported only once the command line has parsed, so `--help` and a bad
+command line never wait for jax. Every error a user can cause is one line on stderr,
+`hybridflow COMMAND: error: ...`, and exit status 2 (`errors.py`); `plan` exits 1 when a stage does
+not fit.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import os
 import sys
+from collections.abc import Sequence
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from hybridflow_jax import schedules
+from hybridflow_jax.errors import UserError, fail
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, results.")
-flags.DEFINE_string("coordinator_address", None,
-                    "host:port of process 0, to run as one of several processes (jax.distributed). "
-                    "On TPU pods and SLURM leave it unset: the cluster is detected.")
-flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
-flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
-
-COMMANDS = {
-    "train": "train a stage, or every stage in order (config.stage=pipeline); resumes by itself",
-    "info": "print a parameter overview of a config's model (allocates nothing)",
-    "export": "write the inference bundle of a finished run (--workdir RUN --out MODEL_DIR)",
-    "compress": "compress an image into a HybridFlow file (IN OUT --model MODEL_DIR)",
-    "decompress": "decompress a HybridFlow file into an image (IN OUT --model MODEL_DIR)",
-    "eval": "evaluate a model on image sets: real files, PSNR, MS-SSIM, LPIPS, baselines, plots "
-            "(--model MODEL_DIR --data NAME=SOURCE --out DIR)",
-    "plan": "compile a config's update steps ahead of time for N devices: params, FLOPs, memory "
-            "(--config C --devices N [--hbm-gib G])",
-    "prepare-data": "image folders, imagenet2012 or open_images_v4 -> TFDS array_record for grain",
-}
-# Commands with their own argparse front end (hybridflow_jax/codec/cli.py): they must fail fast,
-# before jax is imported, on bad input.
-CODEC_COMMANDS = ("export", "compress", "decompress")
+MAX_DEVICES = 4096
+# Commands whose unknown `--config.FIELD=VALUE` words override fields of the loaded config.
+CONFIG_COMMANDS = ("train", "info")
 
 
-class UserError(Exception):
-  """An error the user can fix; printed as one line, exit code 2."""
+class _Parser(argparse.ArgumentParser):
+  """argparse, with a bad command line reported as one line (no usage block)."""
+
+  def error(self, message):
+    fail(self.prog, message)
 
 
-def _config():
-  try:
-    config = FLAGS.config
-    if config is not None:
-      config.stage  # noqa: B018  (a config that failed to load raises on first access)
-  except (OSError, ImportError, SyntaxError) as e:
-    # config_flags reports a load failure lazily, as a multi-line message; its last line says why.
-    reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
-    raise UserError(f"cannot load --config: {reason}") from None
-  if config is None:
-    raise UserError("--config is required (e.g. --config configs/tiny.py)")
-  from hybridflow_jax.config import validate
-  try:
-    validate(config)
-  except ValueError as e:
-    raise UserError(str(e)) from None
-  return config
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+  """The flags of `train` and `info` (which accepts the training ones, as it always has)."""
+  p.add_argument("--config", required=True, help="a config file (configs/*.py)")
+  p.add_argument("--workdir", default=None,
+                 help="train: the run directory (checkpoints, metrics, results)")
+  p.add_argument("--coordinator_address", "--coordinator-address", default=None,
+                 help="train: host:port of process 0, to run as one of several processes "
+                      "(jax.distributed). On TPU pods and SLURM leave it unset: the cluster is detected")
+  p.add_argument("--num_processes", "--num-processes", type=int, default=None,
+                 help="train: number of processes (with --coordinator_address)")
+  p.add_argument("--process_id", "--process-id", type=int, default=None,
+                 help="train: this process's index (with --coordinator_address)")
+  p.add_argument("--verbosity", "-v", type=int, default=-1,
+                 help="train: absl logging verbosity, -1 warnings (default), 0 info, 1 debug")
 
 
-def _init_distributed() -> None:
-  """Joins a multi-process job when there is one; a single process needs nothing."""
-  import os
-
-  import jax
-  if FLAGS.coordinator_address:
-    if FLAGS.num_processes is None or FLAGS.process_id is None:
-      raise UserError("--coordinator_address needs --num_processes and --process_id")
-    if jax.config.jax_platforms in (None, "", "cpu") and "cpu" in os.environ.get("JAX_PLATFORMS", "cpu"):
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  elif (os.environ.get("HYBRIDFLOW_DISTRIBUTED") == "auto"
-        or int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ):
-    jax.distributed.initialize()  # the cluster (Cloud TPU, SLURM) is detected by JAX
+def _add_codec_file_flags(p: argparse.ArgumentParser) -> None:
+  p.add_argument("input")
+  p.add_argument("output")
+  p.add_argument("--model", required=True, help="a bundle written by hybridflow export")
+  p.add_argument("--max-pixels", "--max_pixels", dest="max_pixels", type=int, default=None,
+                 help="refuse larger images (default 2**24, 4096x4096)")
+  p.add_argument("--force", action="store_true", help="replace an existing output")
 
 
-def cmd_train(_):
-  if not FLAGS.workdir:
-    raise UserError("--workdir is required")
-  config = _config()
-  _init_distributed()
-  from hybridflow_jax.train import trainer
-  try:
-    trainer.train(config, FLAGS.workdir)
-  except trainer.Preempted:
-    sys.exit(0)
-  except ValueError as e:
-    raise UserError(str(e)) from None
+def build_parser() -> argparse.ArgumentParser:
+  """The whole command line: one subparser per command."""
+  parser = _Parser(prog="hybridflow", description="HybridFlow: a learned image codec for extreme "
+                   "low bitrates, trained and served with JAX/Flax.",
+                   epilog="hybridflow COMMAND --help lists the flags of COMMAND.")
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+  def command(name: str, summary: str, **kwargs) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=summary, description=summary, **kwargs)
+
+  overrides = ("--config.FIELD=VALUE overrides any field of the config (e.g. "
+               "--config.train.steps.vq=100); an unknown field is an error.")
+
+  p = command("train", "train a stage, or every stage in order (config.stage=pipeline); resumes "
+              "by itself", epilog=overrides)
+  _add_config_flags(p)
+
+  p = command("info", "print a parameter overview of a config's model (allocates nothing)",
+              epilog=overrides)
+  _add_config_flags(p)
+
+  p = command("export", "write the inference bundle of a finished run (--workdir RUN --out "
+              "MODEL_DIR)")
+  p.add_argument("--workdir", required=True, help="a finished training run")
+  p.add_argument("--out", required=True, help="the bundle directory to write")
+  p.add_argument("--data", default=None,
+                 help="data spec to measure codeword counts on (default: the run's training data)")
+  p.add_argument("--prior-images", "--prior_images", dest="prior_images", type=int, default=1000,
+                 help="at most this many images for the codeword counts (default 1000)")
+  p.add_argument("--force", action="store_true", help="replace an existing bundle")
+
+  p = command("compress", "compress an image into a HybridFlow file (IN OUT --model MODEL_DIR)")
+  _add_codec_file_flags(p)
+  p.add_argument("--schedule", default=None,
+                 help=f"{', '.join(schedules.ALL)} (default {schedules.DEFAULT})")
+  p.add_argument("--target-bpp", "--target_bpp", dest="target_bpp", type=float, default=None,
+                 help="densest schedule (or, with --schedule dynamic, dynamic budget) that fits")
+
+  p = command("decompress", "decompress a HybridFlow file into an image (IN OUT --model "
+              "MODEL_DIR)")
+  _add_codec_file_flags(p)
+
+  p = command("eval", "evaluate a model on image sets: real files, PSNR, MS-SSIM, LPIPS, "
+              "baselines, plots (--model MODEL_DIR --data NAME=SOURCE --out DIR)")
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--model", help="a bundle written by hybridflow export")
+  src.add_argument("--workdir", help="a finished training run (its bundle is built in memory)")
+  p.add_argument("--data", action="append", required=True, metavar="NAME=SOURCE",
+                 help="a data set: a folder of images, tfds:BUILDER/SPLIT[@DIR] or demo:SPLIT "
+                      "(repeat for several)")
+  p.add_argument("--out", required=True, help="results directory (one subdirectory per data set)")
+  points = ",".join(schedules.OPERATING_POINTS)
+  p.add_argument("--schedules", default=points,
+                 help=f"operating points, comma-separated (default {points})")
+  p.add_argument("--baselines", default=None,
+                 help="comma-separated subset of jpeg,webp,avif, or 'none' (default: all available)")
+  p.add_argument("--limit", type=int, default=None, help="at most this many images per data set")
+  p.add_argument("--references", default=None,
+                 help="folder of published curves, <dataset>/*.json (default: the curves "
+                      "installed with hybridflow-jax, for kodak and clic2020)")
+  p.add_argument("--prior-images", "--prior_images", dest="prior_images", type=int, default=1000,
+                 help="with --workdir: images for the codeword prior (default 1000)")
+  p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+  p.add_argument("--force", action="store_true", help="replace existing results of a data set")
+
+  p = command("plan", "compile a config's update steps ahead of time for N devices: params, "
+              "FLOPs, memory (--config C --devices N [--hbm-gib G])")
+  p.add_argument("--config", required=True, help="a config file (configs/*.py)")
+  p.add_argument("--devices", type=int, required=True, help="number of devices to plan for")
+  p.add_argument("--hbm-gib", "--hbm_gib", dest="hbm_gib", type=float, default=None,
+                 help="accelerator memory per device, GiB: say whether each stage fits (exit "
+                      "status 1 if one does not)")
+  p.add_argument("--fsdp", type=int, default=None,
+                 help="size of the fsdp mesh axis (-1 = every device; default: the config's mesh)")
+  p.add_argument("--stage", action="append", default=None,
+                 help="stage(s) to plan (repeatable; default: every stage the config trains)")
+  p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=None,
+                 help="global batch (default: the config's)")
+  p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+
+  p = command("prepare-data", "image folders, imagenet2012 or open_images_v4 -> TFDS "
+              "array_record for grain")
+  p.add_argument("kind", choices=("folder", "imagenet2012", "open_images_v4"),
+                 help="folder (any images), or one of TFDS's own builders (these need TensorFlow)")
+  p.add_argument("--data-dir", "--data_dir", dest="data_dir", required=True,
+                 help="TFDS data directory to write into")
+  p.add_argument("--name", default=None, help="folder: the data set's TFDS name (snake_case)")
+  p.add_argument("--split", action="append", default=[], metavar="SPLIT=DIR",
+                 help="folder: a split and its folder (repeat; e.g. train=/data/train)")
+  p.add_argument("--manual-dir", "--manual_dir", dest="manual_dir", default=None,
+                 help="imagenet2012: the folder with the downloaded ILSVRC2012 archives")
+  return parser
 
 
-def cmd_info(_):
-  from hybridflow_jax import info
-  print(info.overview(_config()))
+def _set_host_devices(n: int) -> None:
+  """Asks XLA for n host (CPU) devices: `plan` compiles for them. XLA reads the count once, when jax
+  starts, so this runs before the command's modules import jax."""
+  if not 1 <= n <= MAX_DEVICES:
+    raise UserError(f"--devices must be in [1, {MAX_DEVICES}]")
+  jax = sys.modules.get("jax")  # already started (hybridflow run from a Python program)?
+  if jax is not None:
+    if jax.device_count() == n:
+      return
+    raise UserError(f"plan needs {n} devices, but jax has already started with {jax.device_count()}")
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])
+  os.environ["JAX_PLATFORMS"] = "cpu"
 
 
-def _usage() -> str:
-  lines = ["usage: hybridflow COMMAND [--flags]", "", "commands:"]
-  lines += [f"  {name:<10s} {help_}" for name, help_ in COMMANDS.items()]
-  return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-  argv = list(sys.argv if argv is None else argv)
-  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
-    print(_usage())
-    sys.exit(0 if len(argv) >= 2 else 2)
-  command = argv[1]
-  if command in CODEC_COMMANDS:
-    from hybridflow_jax.codec import cli as codec_cli
-    sys.exit(codec_cli.main(command, argv[2:]))
-  if command == "eval":
-    from hybridflow_jax import evaluate
-    sys.exit(evaluate.main(argv[2:]))
-  if command == "prepare-data":
-    from hybridflow_jax.data import prepare
-    sys.exit(prepare.main(argv[2:]))
-  if command == "plan":  # sets the device count before jax starts: its own front end
-    from hybridflow_jax import plan
-    sys.exit(plan.main(argv[2:]))
-  if command not in COMMANDS:
-    print(f"hybridflow: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+def main(args: Sequence[str] | None = None) -> None:
+  """Runs `hybridflow ARGS` (default: this process's command line) and exits with its status."""
+  args = sys.argv[1:] if args is None else list(args)
+  parser = build_parser()
+  if not args:
+    parser.print_help()
     sys.exit(2)
-  fn = globals()[f"cmd_{command.replace('-', '_')}"]
-
-  def run(args):
-    if not FLAGS["verbosity"].present:
-      logging.set_verbosity(logging.WARNING)  # keep jax's backend probing off the user's screen
-    try:
-      fn(args)
-    except UserError as e:
-      print(f"hybridflow {command}: error: {e}", file=sys.stderr)
-      sys.exit(2)
-
-  app.run(run, argv=[f"hybridflow {command}", *argv[2:]])
+  if args[0] == "help":  # `hybridflow help [COMMAND]`
+    args = [*args[1:], "--help"]
+  ns, extra = parser.parse_known_args(args)
+  prog = f"hybridflow {ns.command}"
+  if extra and ns.command not in CONFIG_COMMANDS:
+    fail(prog, f"unrecognized arguments: {' '.join(extra)}")
+  ns.overrides = extra
+  try:
+    if ns.command == "plan":
+      _set_host_devices(ns.devices)
+    command = importlib.import_module(f"hybridflow_jax.commands.{ns.command.replace('-', '_')}")
+    status = command.run(ns)
+  except UserError as e:
+    fail(prog, str(e))
+  sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import ml_collections
 
-STAGES = ("vq", "continuous", "transformer", "bridge", "joint")
+from hybridflow_jax import schedules
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.stage = "pipeline"          # one of STAGES, or "pipeline" to run them in order
+  c.stage = "pipeline"          # a stage (hybridflow_jax/stages.py), or "pipeline": all, in order
   c.seed = 0
   c.image_size = 256            # training crop (pixels); ImageNet-256 as in MaskGIT
   c.eval_size = 256             # held-out center crop for evaluation during training (pixels)
@@ -45,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
       fusion_hidden=128,                # width of each zero-initialised fusion layer (ours)
   ))
   m.masking = ml_collections.ConfigDict(dict(
-      schedules=("1_2", "1_4", "1_9", "1_16"),   # the paper's candidate schedules (fig. 3)
+      schedules=schedules.DEFAULT_CANDIDATES,   # dynamic masking's candidates: the paper's (fig. 3)
       region=4,                         # dynamic-masking region, in tokens (64 px; ours)
       score="gradient",                 # complexity score: "gradient" or "variance" (ours: gradient)
       target_keep=0.125,                # dynamic masking's mean keep ratio (between 1_4 and 1_9)
@@ -116,7 +116,9 @@ def crop_size(c: ml_collections.ConfigDict, stage: str) -> int:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError with one line naming the bad key."""
-  from hybridflow_jax.models.masking import COMPLEXITY_SCORES, SCHEDULES
+  # Deferred: config files import this module, and loading a config must not start jax.
+  from hybridflow_jax.models.masking import COMPLEXITY_SCORES
+  from hybridflow_jax.stages import NAMES as STAGES
 
   def bad(key, msg):
     raise ValueError(f"config.{key}: {msg}")
@@ -134,7 +136,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.model.transformer.dim % 4 or c.model.transformer.dim % c.model.transformer.heads:
     bad("model.transformer.dim", "must be a multiple of 4 and of transformer.heads")
   for s in c.model.masking.schedules:
-    if s not in SCHEDULES:
+    if s not in schedules.FIXED:
       bad("model.masking.schedules", f"unknown schedule {s!r}")
   if c.model.masking.score not in COMPLEXITY_SCORES:
     bad("model.masking.score", f"must be one of {COMPLEXITY_SCORES}")

@@ -1,4 +1,4 @@
-"""Training losses of each stage, as pure functions of the stage's forward outputs.
+"""The loss terms the stages combine (`hybridflow_jax.stages`), as pure functions.
 
 Images are [B, H, W, 3] float32 in [0, 1]; rates are bits per pixel of the input image.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from hybridflow_jax.models.entropy import bits
@@ -36,37 +35,6 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array, visible: jax.Arr
   n = jnp.maximum(jnp.sum(weight), 1.0)
   accuracy = jnp.sum((jnp.argmax(logits, -1) == targets) * weight) / n
   return jnp.sum(ce * weight) / n, accuracy
-
-
-def stage_loss(stage: str, out: dict, x: jax.Array, cfg: ml_collections.ConfigDict):
-  """The pixel/rate/token part of a stage's loss -> (scalar loss, metrics dict).
-
-  Perceptual (LPIPS) and adversarial terms are added by the trainer on top of this.
-  """
-  num_pixels = x.shape[1] * x.shape[2]
-  m = {}
-  loss = 0.0
-  if stage == "vq":
-    m["recon"] = pixel_loss(cfg.pixel, out["x_vq"], x)
-    m["codebook"] = out["codebook_loss"]
-    m["commitment"] = out["commitment_loss"]
-    loss = m["recon"] + cfg.codebook_weight * m["codebook"] + cfg.commitment_weight * m["commitment"]
-  if stage in ("continuous", "joint"):
-    m["bpp"] = rate_bpp(out["y_likelihood"], out["z_likelihood"], num_pixels)
-    loss = loss + m["bpp"]
-  if stage == "continuous":
-    m["mse"] = mse(out["x_cont"], x)
-    # lambda scales MSE measured on the 0-255 scale, as in CompressAI's rate-distortion loss.
-    loss = loss + cfg.rate_lambda * 255.0 ** 2 * m["mse"]
-  if stage in ("transformer", "joint"):
-    m["token_ce"], m["token_acc"] = masked_cross_entropy(out["logits"], out["indices"],
-                                                         out["visible"])
-    loss = loss + m["token_ce"]
-  if stage in ("bridge", "joint"):
-    m["mse"] = mse(out["x_hat"], x)
-    loss = loss + cfg.mse_weight * m["mse"]
-  m["loss"] = loss
-  return loss, m
 
 
 def hinge_d_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:

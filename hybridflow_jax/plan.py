@@ -18,14 +18,16 @@ rematerialisation and are an estimate of the right order, not a promise.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import os
-import sys
+import time
 
-EXIT_USER_ERROR = 2
-MAX_DEVICES = 4096
+import jax
+import numpy as np
+
+from hybridflow_jax import stages
+from hybridflow_jax.models import hybridflow as hf
+from hybridflow_jax.train import steps as steps_lib
 
 
 @dataclasses.dataclass
@@ -52,60 +54,28 @@ class StagePlan:
         + self.code_bytes
 
 
-def _set_device_count(n: int) -> None:
-  """Asks XLA for n host devices; must happen before jax initialises its backends."""
-  if "jax" in sys.modules:
-    import jax
-    if jax.device_count() == n:
-      return
-    raise RuntimeError("plan needs to set the device count before jax starts")
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])
-  os.environ["JAX_PLATFORMS"] = "cpu"
-
-
 def plan_stage(cfg, stage: str, mesh) -> StagePlan:
   """Compiles `stage`'s update step for `mesh` ahead of time and reads XLA's analyses."""
-  import time
-
-  import jax
-  import numpy as np
-
-  from hybridflow_jax.config import crop_size
-  from hybridflow_jax.models import hybridflow as hf
-  from hybridflow_jax.train import sharding as shard_lib
-  from hybridflow_jax.train import steps as steps_lib
-
   model = hf.build_model(cfg)
   abstract_params = hf.param_shapes(model)
-  total = int(cfg.train.steps[stage]) or 1
-  tx = steps_lib.make_optimizer(cfg, abstract_params, stage, total)
-  disc_tx = steps_lib.make_disc_optimizer(cfg)
-  make_state = lambda p: steps_lib.init_state(cfg, p, stage, tx, disc_tx, jax.random.PRNGKey(0))
-  abstract_state = jax.eval_shape(make_state, abstract_params)
-  shardings = shard_lib.tree_shardings(abstract_state, mesh, cfg.sharding_rules,
-                                       cfg.sharding_min_size)
-  crop = crop_size(cfg, stage)
+  compiled = steps_lib.stage_step(model, cfg, stage, mesh, abstract_params,
+                                  int(cfg.train.steps[stage]) or 1)
+  abstract_state, crop = compiled.abstract_state, compiled.crop
   images = jax.ShapeDtypeStruct((cfg.train.batch_size, crop, crop, 3), jax.numpy.float32)
-  step = jax.jit(steps_lib.make_train_step(model, cfg, stage, tx, disc_tx),
-                 in_shardings=(shardings, shard_lib.batch_sharding(mesh)),
-                 out_shardings=(shardings, shard_lib.replicated(mesh)), donate_argnums=(0,))
   t = time.perf_counter()
-  compiled = step.lower(abstract_state, images).compile()
+  compiled = compiled.step.lower(abstract_state, images).compile()
   seconds = time.perf_counter() - t
 
-  def per_device_bytes(leaf, sharding) -> float:
-    shard = sharding.shard_shape(leaf.shape)
-    return math.prod(shard) * np.dtype(leaf.dtype).itemsize
+  def per_device_bytes(leaf) -> float:
+    return math.prod(leaf.sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
 
-  state_bytes = sum(jax.tree.leaves(jax.tree.map(per_device_bytes, abstract_state, shardings)))
+  state_bytes = sum(jax.tree.leaves(jax.tree.map(per_device_bytes, abstract_state)))
   cost = compiled.cost_analysis()
   if isinstance(cost, list | tuple):  # older jax: one dict per program
     cost = cost[0] if cost else {}
   mem = compiled.memory_analysis()
   count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
-  flags = jax.tree.leaves(hf.trainable(abstract_params, stage))
+  flags = jax.tree.leaves(stages.trainable(abstract_params, stage))
   trainable = sum(math.prod(x.shape) for x, t in zip(jax.tree.leaves(abstract_params), flags) if t)
   return StagePlan(
       stage=stage, devices=mesh.size, mesh=dict(mesh.shape), batch=int(cfg.train.batch_size),
@@ -143,78 +113,3 @@ def format_plans(plans: list[StagePlan], hbm_gib: float | None) -> str:
                "mem: XLA memory analysis of the compiled step (arguments + outputs - donated + "
                "temporaries + code), on XLA:CPU")
   return "\n".join(lines)
-
-
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="hybridflow plan")
-  p.add_argument("--config", required=True, help="a config file (configs/*.py)")
-  p.add_argument("--devices", type=int, required=True, help="number of devices to plan for")
-  p.add_argument("--hbm-gib", "--hbm_gib", dest="hbm_gib", type=float, default=None,
-                 help="accelerator memory per device, GiB: say whether each stage fits")
-  p.add_argument("--fsdp", type=int, default=None,
-                 help="size of the fsdp mesh axis (-1 = every device; default: the config's mesh)")
-  p.add_argument("--stage", action="append", default=None,
-                 help="stage(s) to plan (repeatable; default: every stage the config trains)")
-  p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=None,
-                 help="global batch (default: the config's)")
-  p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-  return p
-
-
-def main(args: list[str]) -> int:
-  parser = _parser()
-  parser.error = _fail
-  ns = parser.parse_args(args)
-  if not 1 <= ns.devices <= MAX_DEVICES:
-    _fail(f"--devices must be in [1, {MAX_DEVICES}]")
-  if ns.hbm_gib is not None and not ns.hbm_gib > 0:
-    _fail("--hbm-gib must be positive")
-  _set_device_count(ns.devices)
-  from hybridflow_jax import config_io
-  from hybridflow_jax.config import STAGES, validate
-  try:
-    cfg = config_io.load_config(ns.config)
-  except (OSError, ImportError, SyntaxError, AttributeError) as e:
-    _fail(f"cannot load --config {ns.config}: {e}")
-  if ns.fsdp is not None:
-    if ns.fsdp != -1 and (ns.fsdp < 1 or ns.devices % ns.fsdp):
-      _fail(f"--fsdp {ns.fsdp} must be -1 or divide --devices {ns.devices}")
-    cfg.mesh = (("data", -1 if ns.fsdp != -1 else 1), ("fsdp", ns.fsdp))
-  if ns.batch_size is not None:
-    cfg.train.batch_size = ns.batch_size
-  try:
-    validate(cfg)
-  except ValueError as e:
-    _fail(str(e))
-  from hybridflow_jax.train.trainer import stage_list
-  stages = ns.stage or stage_list(cfg)
-  bad = [s for s in stages if s not in STAGES]
-  if bad:
-    _fail(f"unknown stage(s) {', '.join(bad)}; choose from {', '.join(STAGES)}")
-  from hybridflow_jax.train import sharding as shard_lib
-  try:
-    mesh = shard_lib.make_mesh(cfg.mesh)
-  except ValueError as e:
-    _fail(str(e))
-  data_parallel = math.prod(mesh.shape[a] for a in shard_lib.batch_axes(mesh))
-  if cfg.train.batch_size % data_parallel:
-    _fail(f"batch size {cfg.train.batch_size} does not divide by the data-parallel size "
-          f"{data_parallel} (--batch-size to change it)")
-  plans = []
-  for stage in stages:
-    print(f"compiling the {stage} step for {ns.devices} devices ...", file=sys.stderr, flush=True)
-    plans.append(plan_stage(cfg, stage, mesh))
-  print(format_plans(plans, ns.hbm_gib))
-  if ns.json:
-    import json
-    with open(ns.json, "w") as f:
-      json.dump([{**dataclasses.asdict(p), "memory_per_device": p.memory_per_device}
-                 for p in plans], f, indent=1)
-  if ns.hbm_gib is not None and any(p.memory_per_device > ns.hbm_gib * 2**30 for p in plans):
-    return 1
-  return 0
-
-
-def _fail(message: str):
-  print(f"hybridflow plan: error: {message}", file=sys.stderr)
-  sys.exit(EXIT_USER_ERROR)

@@ -10,6 +10,14 @@ TINY = str(ROOT / "configs" / "tiny.py")
 # The tiny pipeline most tests train (once per session, `tiny_run` in conftest.py).
 TINY_PIPELINE = ("train.log_every=1", "train.steps.vq=16", "train.steps.continuous=40",
                  "train.steps.transformer=16", "train.steps.bridge=16", "losses.gan_start=100")
+# Short runs of one stage (interrupted, resumed, compared) share this program: same stage, crop and
+# step count, so it compiles once per session. Checkpoints (~0.5 s each) at steps 1, 6, 12, 18 and 24;
+# one shows on disk when the next one starts, so a run interrupted as soon as step 6's appears still
+# has half of its steps left.
+ONE_STAGE_STEPS = 24
+ONE_STAGE = ("stage=continuous", "train.eval_at_end=False",
+             f"train.steps.continuous={ONE_STAGE_STEPS}", "train.crop_size.continuous=64",
+             "train.checkpoint_every=6")
 # Images the exported tiny bundle's codeword prior is measured on.
 PRIOR_IMAGES = 8
 

@@ -1,8 +1,22 @@
+"""The `hybridflow` command line: one parser tree, one-line user errors, config overrides, and the
+installed wheel."""
+
+import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import zipfile
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from hybridflow_jax import config_io
+from hybridflow_jax.errors import UserError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.py")
 
 
 def hybridflow(*args, **kw):
@@ -25,17 +39,150 @@ def test_info_of_paper_scale_config_counts_without_allocating():
 
 
 def test_config_overrides_reach_the_model():
-  r = hybridflow("info", "--config", "configs/tiny.py", "--config.model.vq.num_codes=128")
+  # Dashed aliases of the distributed flags are accepted too (info ignores them).
+  r = hybridflow("info", "--config", "configs/tiny.py", "--config.model.vq.num_codes", "128",
+                 "--num-processes", "1")
   assert r.returncode == 0, r.stderr
   quantizer = next(l for l in r.stdout.splitlines() if l.startswith("quantizer"))
   assert quantizer.split()[-1] == f"{128 * 16:,d}"
 
 
-def test_user_errors_are_one_line_and_nonzero():
-  cases = [("info", "--config", "configs/missing.py"), ("info",),
-           ("info", "--config", "configs/tiny.py", "--config.stage=bogus"), ("bogus-command",)]
-  for args in cases:
-    r = hybridflow(*args)
-    assert r.returncode != 0, args
-    assert "Traceback" not in r.stderr, (args, r.stderr)
-    assert "error" in r.stderr.lower() or "unknown command" in r.stderr, (args, r.stderr)
+@pytest.mark.parametrize("args, message", [
+    (("info", "--config", "configs/missing.py"), "cannot load --config"),
+    (("info",), "required: --config"),
+    (("info", "--config", "configs/tiny.py", "--config.stage=bogus"), "config.stage"),
+    (("info", "--config", "configs/tiny.py", "--config.x.y=1"), "--config.x.y: the config has no"),
+    (("info", "--config", "configs/tiny.py", "--config.model.vq.num_codes=abc"), "invalid literal"),
+    (("info", "--config", "configs/tiny.py", "--bogus"), "unrecognized argument"),
+    (("train", "--config", "configs/tiny.py"), "--workdir is required"),
+    (("export", "--workdir", "w", "--out", "o", "--config.x=1"), "unrecognized arguments"),
+    (("bogus-command",), "invalid choice"),
+    (("plan", "--config", "configs/tiny.py", "--devices", "0"), "--devices must be in"),
+])
+def test_user_errors_are_one_line_and_exit_2(args, message):
+  r = hybridflow(*args)
+  assert r.returncode == 2, (args, r.stderr)
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], (args, r.stderr)
+  assert lines[0].startswith(f"hybridflow {args[0]}: error: " if args[0] != "bogus-command"
+                             else "hybridflow: error: ")
+
+
+def test_help_lists_every_command_and_needs_no_jax():
+  probe = ("import sys; from hybridflow_jax import cli\n"
+           "try:\n  cli.main(sys.argv[1:])\n"
+           "finally:\n  print('jax loaded' if 'jax' in sys.modules else 'no jax', file=sys.stderr)")
+  r = subprocess.run([sys.executable, "-c", probe, "--help"], capture_output=True, text=True,
+                     timeout=60, cwd=ROOT)
+  assert r.returncode == 0 and r.stderr.strip() == "no jax", r.stderr
+  for command in ("train", "info", "export", "compress", "decompress", "eval", "plan",
+                  "prepare-data"):
+    assert f"    {command}" in r.stdout
+    sub = subprocess.run([sys.executable, "-c", probe, command, "--help"], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT)
+    assert sub.returncode == 0 and sub.stderr.strip() == "no jax", (command, sub.stderr)
+    assert f"usage: hybridflow {command}" in sub.stdout
+
+
+def test_leaf_modules_import_no_jax():
+  leaves = ("hybridflow_jax.errors", "hybridflow_jax.schedules", "hybridflow_jax.imageio",
+            "hybridflow_jax.codec.container", "hybridflow_jax.codec.bundle", "hybridflow_jax.cli",
+            "hybridflow_jax.commands.decompress", "hybridflow_jax.evaluation.references")
+  probe = f"import sys; import {', '.join(leaves)}; print('jax' in sys.modules)"
+  r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+  assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# Overrides parse as ml_collections' config_flags parsed them (the command line used it before).
+
+OVERRIDES = [
+    ["--config.model.vq.num_codes=128"], ["--config.model.vq.num_codes", "0x10"],
+    ["--config.train.steps.vq=5", "--config.train.steps.vq=7"],
+    ["--config.losses.codebook_weight=1"], ["--config.losses.codebook_weight=1e-3"],
+    ["--config.stage=vq"], ["--config.data.train", "tfds:x/train@/d"],
+    ["--config.train.eval_at_end=false"], ["--config.train.eval_at_end=0"],
+    ["--config.train.eval_at_end"], ["--noconfig.train.eval_at_end"],
+    ["--config.model.vq.channel_mult=(1, 2, 2, 2, 2)"],
+    ["--config.model.vq.channel_mult=1", "--config.model.vq.channel_mult=2"],
+    ["--config.mesh=(('data', 2), ('fsdp', 4))"],
+]
+
+
+def _tiny():
+  return config_io.load_config(TINY)
+
+
+@pytest.mark.parametrize("words", OVERRIDES, ids=" ".join)
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # config_flags' loader
+def test_overrides_parse_as_config_flags_did(words, monkeypatch):
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+  argv = ["hybridflow", "--config", TINY, *words]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv
+  values(argv)
+  ours = _tiny()
+  config_io.apply_overrides(ours, words)
+  assert ours.to_dict() == values.config.to_dict()
+
+
+@pytest.mark.parametrize("words, message", [
+    (["--config.nope=1"], "--config.nope: the config has no such field"),
+    (["--config.model.vq=1"], "cannot be set from the command line"),
+    (["--config.stage"], "needs a value"),
+    (["--noconfig.stage"], "only a bare boolean field"),
+    (["--config.train.eval_at_end=maybe"], "Non-boolean argument"),
+    (["stray"], "unrecognized argument 'stray'"),
+])
+def test_bad_overrides_are_user_errors(words, message):
+  with pytest.raises(UserError, match=message):
+    config_io.apply_overrides(_tiny(), words)
+
+
+def test_plan_sets_the_device_count_before_jax_starts():
+  probe = ("from hybridflow_jax import cli; cli._set_host_devices(64); import jax; "
+           "print(jax.device_count(), jax.default_backend())")
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                     env=env)
+  assert r.returncode == 0 and r.stdout.split() == ["64", "cpu"], r.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------------------------------
+# The wheel, installed into a fresh virtual environment, without the source tree.
+
+
+def test_installed_wheel_runs_eval_help_and_reads_its_reference_curves(tmp_path):
+  src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info next to pyproject.toml
+  src.mkdir()
+  for name in ("pyproject.toml", "README.md"):
+    shutil.copy(ROOT / name, src / name)
+  shutil.copytree(ROOT / "hybridflow_jax", src / "hybridflow_jax",
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  run = lambda *cmd, **kw: subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
+  r = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "dist", src)
+  assert r.returncode == 0, r.stderr[-3000:]
+  (wheel,) = (tmp_path / "dist").glob("hybridflow_jax-*.whl")
+  names = zipfile.ZipFile(wheel).namelist()
+  assert "hybridflow_jax/evaluation/reference_curves/kodak/vtm.compressai.json" in names
+
+  # The dependencies come from this environment's site-packages through a .pth path line (the
+  # editable install of the source tree there is a .pth of its own, which a path line does not run).
+  venv = tmp_path / "venv"
+  r = run(sys.executable, "-m", "venv", "--without-pip", venv)
+  assert r.returncode == 0, r.stderr
+  r = run(sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q",
+          "--no-deps", "--no-index", wheel)
+  assert r.returncode == 0, r.stderr[-3000:]
+  (site,) = (venv / "lib").glob("python3*/site-packages")
+  (site / "dependencies.pth").write_text("\n".join(p for p in sys.path if p.endswith("site-packages")))
+
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  r = run(venv / "bin" / "hybridflow", "eval", "--help", cwd=tmp_path, env=env)
+  assert r.returncode == 0 and "usage: hybridflow eval" in r.stdout, r.stderr[-3000:]
+  probe = ("import hybridflow_jax; from hybridflow_jax.evaluation import references; "
+           "print(hybridflow_jax.__file__); print(len(references.reference_curves('kodak')))")
+  r = run(venv / "bin" / "python", "-c", probe, cwd=tmp_path, env=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  package_file, curves = r.stdout.split()
+  assert pathlib.Path(package_file).is_relative_to(site) and int(curves) >= 5

@@ -3,7 +3,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hybridflow_jax.models.entropy import FactorizedPrior, bits, gaussian_likelihood, quantize
+from hybridflow_jax.models.entropy import (
+  FactorizedPrior,
+  bits,
+  factorized_host_cdf,
+  gaussian_likelihood,
+  quantize,
+)
 
 BINS = jnp.arange(-300.0, 301.0)
 
@@ -18,6 +24,20 @@ def test_factorized_prior_sums_to_one_over_integer_bins():
     params = jax.tree.map(lambda p, k=noise_key: p + 0.3 * jax.random.normal(k, p.shape), params)
     p = prior.apply(params, values)
     np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=1e-3)
+
+
+def test_host_cdf_for_the_tables_is_the_model_prior_in_float64():
+  """The exporter's float64 NumPy cumulative and the model's float32 likelihoods are one function."""
+  prior = FactorizedPrior(channels=3)
+  values = jnp.broadcast_to(jnp.arange(-20.0, 21.0)[:, None], (41, 3))
+  params = prior.init(jax.random.PRNGKey(0), values)
+  params = jax.tree.map(lambda p: p + 0.2 * jax.random.normal(jax.random.PRNGKey(1), p.shape),
+                        params)
+  cdf = factorized_host_cdf(jax.device_get(params["params"]))
+  points = np.asarray(values).T                                       # [C, N]
+  from_host = cdf(points + 0.5) - cdf(points - 0.5)
+  from_model = np.asarray(prior.apply(params, values)).T
+  np.testing.assert_allclose(from_host, from_model, atol=2e-6)
 
 
 @pytest.mark.parametrize("mean", [-7.3, 0.0, 0.4, 12.0])

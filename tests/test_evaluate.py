@@ -10,9 +10,10 @@ import pytest
 from helpers import PRIOR_IMAGES, hybridflow, run_env
 from PIL import Image
 
-from hybridflow_jax import evaluate, image_metrics
+from hybridflow_jax import image_metrics
 from hybridflow_jax.codec.api import Codec
 from hybridflow_jax.data import demo
+from hybridflow_jax.evaluation import baselines, plots, references
 
 SCHEDULES = ("1_4", "dynamic")
 SHAPE = (176, 232)  # MS-SSIM needs sides over 160 px
@@ -79,7 +80,7 @@ def test_eval_baselines_sit_at_the_closest_quality(evaluated, photo_dir):
   assert set(results["baselines"]) == {"jpeg", "webp"}
   rows = results["per_image"]
   ours = {(r["image"], r["operating_point"]): r["bpp"] for r in rows if r["codec"] == "hybridflow"}
-  for b in evaluate.baselines(["jpeg", "webp"]):
+  for b in baselines.baselines(["jpeg", "webp"]):
     for row in (r for r in rows if r["codec"] == b.name):
       original = np.asarray(Image.open(photo_dir / row["image"]).convert("RGB"))
       pixels = original.shape[0] * original.shape[1]
@@ -109,13 +110,24 @@ def test_eval_writes_csv_and_plots(evaluated):
 
 def test_reference_curves_name_their_sources():
   for dataset in ("kodak", "clic2020"):
-    curves = evaluate.reference_curves(dataset)
+    curves = references.reference_curves(dataset)
     assert len(curves) >= 5, dataset
     for c in curves:
       assert c["source"] and c["name"] and c["results"]["bpp"]
       assert all(b <= 0.1 for b in c["results"]["bpp"])
       for key, values in c["results"].items():
         assert len(values) == len(c["results"]["bpp"]), (c["name"], key)
+
+
+def test_rate_distortion_plots_draw_the_reference_curves(tmp_path):
+  results = {"dataset": {"name": "kodak", "images": 1}, "operating_points": ["1_4", "dynamic"],
+             "results": {"bpp": [0.02, 0.03], "psnr-rgb": [24.0, 25.0],
+                         "ms-ssim-rgb": [0.8, 0.85], "lpips-alex": [0.4, 0.35]},
+             "baselines": {}}
+  plots.rate_distortion(results, references.reference_curves("kodak"), tmp_path)
+  for metric in ("psnr", "ms-ssim", "lpips"):
+    with Image.open(tmp_path / f"rd_{metric}.png") as im:
+      assert im.format == "PNG" and im.size[0] > 300, metric
 
 
 def test_eval_of_a_training_run_uses_the_same_model_as_its_export(tiny_run, bundle_dir, photo_dir,
@@ -137,6 +149,7 @@ def test_eval_of_a_training_run_uses_the_same_model_as_its_export(tiny_run, bund
     (("--data", "a=demo", "--schedules", "1_5"), "unknown 1_5"),
     (("--data", "a=demo", "--baselines", "gif"), "unknown baseline"),
     (("--data", "a=demo", "--data", "a=demo:heldout"), "given twice"),
+    (("--data", "a=demo", "--references", "/no/such/dir"), "not a directory"),
 ])
 def test_eval_user_errors_are_one_line(bundle_dir, tmp_path, args, message):
   t = time.perf_counter()

@@ -2,6 +2,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hybridflow_jax import schedules
 from hybridflow_jax.models import masking
 
 
@@ -10,7 +11,7 @@ from hybridflow_jax.models import masking
 @pytest.mark.parametrize("multiple", [(1, 1), (3, 2), (4, 6)])
 def test_schedules_keep_exactly_their_fraction(name, block, frac, multiple):
   h, w = block * multiple[0] * 2, block * multiple[1] * 2
-  keep = masking.keep_map(name, h, w)
+  keep = schedules.fixed_keep_map(name, h, w)
   assert keep.shape == (h, w) and keep.dtype == bool
   assert keep.sum() == round(frac * h * w)
   # One kept index in every block (the structured layout, not just the right count).
@@ -20,13 +21,13 @@ def test_schedules_keep_exactly_their_fraction(name, block, frac, multiple):
 
 
 def test_keep_map_works_for_any_grid_size():
-  keep = masking.keep_map("1_9", 5, 7)
+  keep = schedules.fixed_keep_map("1_9", 5, 7)
   assert keep.shape == (5, 7) and keep[0, 0] and keep.sum() == 2 * 3
 
 
 def test_unknown_schedule_is_one_clear_error():
   with pytest.raises(ValueError, match="unknown mask schedule '1_3'"):
-    masking.keep_map("1_3", 4, 4)
+    schedules.fixed_keep_map("1_3", 4, 4)
 
 
 def _half_detailed_image(size=128, detailed="right"):
@@ -47,22 +48,52 @@ def test_dynamic_masking_gives_detail_the_denser_schedule(score, detailed):
   # 128 px at stride 16 is an 8x8 token grid: with 4x4-token regions, 2x2 regions.
   img = _half_detailed_image(detailed=detailed)
   target = (1 / 4 + 1 / 16) / 2
-  keep, ids = masking.dynamic_mask(img, stride=16, region=4, target_keep=target,
-                                   names=("1_2", "1_4", "1_9", "1_16"), score=score)
-  ids = np.asarray(ids)
-  flat, rich = (ids[:, 0], ids[:, 1]) if detailed == "right" else (ids[:, 1], ids[:, 0])
-  # Lower id = denser schedule.
-  assert (rich < flat).all(), ids
+  names = ("1_2", "1_4", "1_9", "1_16")
+  keep, choice = masking.dynamic_mask(img, stride=16, region=4, target_keep=target, names=names,
+                                      score=score)
+  choice = np.asarray(choice)
+  flat, rich = (choice[:, 0], choice[:, 1]) if detailed == "right" else (choice[:, 1], choice[:, 0])
+  # A lower choice is a denser candidate.
+  assert (rich < flat).all(), choice
   assert float(np.mean(keep)) <= target + 1e-9
   # The budget is used, not wasted: the flat half is not left denser than needed.
   assert float(np.mean(keep)) > 1 / 16
-  np.testing.assert_array_equal(keep, masking.dynamic_keep_map(jnp.asarray(ids), 4, (8, 8)))
+  # The receiver rebuilds the same keep-map from the choices alone, with NumPy.
+  np.testing.assert_array_equal(keep, schedules.region_keep_map(choice, names, 4, (8, 8)))
 
 
 @pytest.mark.parametrize("target", [0.07, 0.12, 0.2, 0.3, 0.5])
 def test_dynamic_masking_meets_its_budget_on_a_photo(target):
   from skimage import data
   img = jnp.asarray(data.astronaut()[:256, :256].astype(np.float32) / 255.0)
-  keep, ids = masking.dynamic_mask(img, stride=16, region=4, target_keep=target)
+  keep, choice = masking.dynamic_mask(img, stride=16, region=4, target_keep=target)
   assert float(np.mean(keep)) <= target
-  assert ids.shape == (4, 4)
+  assert choice.shape == (4, 4)
+
+
+def test_wire_ids_name_every_schedule_once():
+  ids = [schedules.wire_id(n) for n in schedules.ALL]
+  assert len(set(ids)) == len(ids) and [schedules.from_wire(i) for i in ids] == list(schedules.ALL)
+  with pytest.raises(ValueError, match="unsupported schedule id 9"):
+    schedules.from_wire(9)
+
+
+def test_region_keep_map_is_the_same_in_numpy_and_jax_on_ragged_grids():
+  names = ("1_2", "1_4", "1_9", "1_16")
+  choice = np.random.default_rng(0).integers(0, len(names), schedules.region_grid((7, 10), 3))
+  host = schedules.region_keep_map(choice, names, 3, (7, 10))
+  device = schedules.region_keep_map(jnp.asarray(choice), names, 3, (7, 10), xp=jnp)
+  assert host.shape == (7, 10) and host.dtype == bool
+  np.testing.assert_array_equal(host, np.asarray(device))
+  # Each region carries exactly its candidate's pattern.
+  full = schedules.fixed_keep_map(names[choice[0, 0]], 7, 10)
+  np.testing.assert_array_equal(host[:3, :3], full[:3, :3])
+  assert schedules.side_bits((7, 10), 3, names) == 3 * 4 * 2
+
+
+def test_schedule_lists_parse_with_one_line_errors():
+  assert schedules.parse_list("1_4, dynamic") == ("1_4", "dynamic")
+  with pytest.raises(ValueError, match="unknown 1_5"):
+    schedules.parse_list("1_4,1_5")
+  with pytest.raises(ValueError, match="given twice"):
+    schedules.parse_list("1_4,1_4")

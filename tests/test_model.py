@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hybridflow_jax import losses
+from hybridflow_jax import schedules, stages
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.models.bridge import init_bridge_from_pixel_decoder
 from hybridflow_jax.models.vq import restart_dead_codes, update_code_usage
@@ -25,22 +25,41 @@ def _norm(tree):
   return float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)))
 
 
-@pytest.mark.parametrize("stage", list(hf.STAGE_TRAINS))
+@pytest.mark.parametrize("stage", stages.NAMES)
 def test_gradients_reach_every_group_the_stage_trains(stage, tiny_config, tiny_model,
                                                       tiny_params, images):
+  record = stages.STAGES[stage]
+
   def loss_fn(p):
-    out = hf.forward(tiny_model, p, images, jax.random.PRNGKey(1), stage)
-    return losses.stage_loss(stage, out, images, tiny_config.losses)
+    out = record.forward(tiny_model, p, images, jax.random.PRNGKey(1))
+    return record.loss(out, images, tiny_config.losses)
 
   (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(tiny_params)
-  assert np.isfinite(float(loss))
-  trained = _groups(hf.trainable(tiny_params, stage))
+  assert np.isfinite(float(loss)) and float(metrics["loss"]) == float(loss)
+  trained = _groups(stages.trainable(tiny_params, stage))
   for name, sub in _groups(grads).items():
     if all(jax.tree.leaves(trained[name])):
       assert _norm(sub) > 0, f"{stage}: no gradient reaches {name}"
     else:
       assert _norm(sub) == 0, f"{stage}: frozen group {name} gets a gradient"
   assert any(all(jax.tree.leaves(t)) for t in trained.values())
+
+
+def test_stage_records_are_consistent(tiny_params):
+  """Each stage needs only stages before it, trains existing params, and judges an image its
+  decoder makes; export drops only params some stage trains."""
+  flat = {"/".join(k) for k in flax.traverse_util.flatten_dict(flax.core.unfreeze(tiny_params))}
+  for i, (name, record) in enumerate(stages.STAGES.items()):
+    assert record.name == name and set(record.needs) <= set(stages.NAMES[:i]), name
+    for prefix in record.trains:
+      assert any(p.startswith(prefix + "/") for p in flat), (name, prefix)
+    if record.judged is not None:
+      assert "/".join(record.judged.last_layer) in flat, name
+  for path in stages.training_only_paths():
+    assert any(path[0] in stages.STAGES[s].trains or "/".join(path) in stages.STAGES[s].trains
+               for s in stages.NAMES), path
+  with pytest.raises(ValueError, match="unknown stage 'vqq'"):
+    stages.get("vqq")
 
 
 def test_bridge_with_zero_fusion_equals_pixel_decoder(tiny_model, tiny_params, images):
@@ -72,7 +91,7 @@ def test_bridge_init_rejects_a_decoder_of_another_size(tiny_params):
 
 @pytest.mark.parametrize("schedule", ["1_4", "1_16", "dynamic"])
 def test_encode_decode_round(schedule, tiny_config, tiny_model, tiny_params, images):
-  keep, ids = hf.keep_maps(images, schedule, tiny_config.model.masking)
+  keep, side_bits = hf.keep_maps(images, schedule, tiny_config.model.masking)
   enc = hf.encode(tiny_model, tiny_params, images, keep)
   assert enc["indices"].shape == (2, 4, 4) and enc["y_hat"].shape[:3] == (2, 4, 4)
   # Transmitted latents are integers around the predicted mean; likelihoods are probabilities.
@@ -81,7 +100,11 @@ def test_encode_decode_round(schedule, tiny_config, tiny_model, tiny_params, ima
   assert image.shape == images.shape and float(image.min()) >= 0 and float(image.max()) <= 1
   np.testing.assert_array_equal(np.asarray(tokens)[np.asarray(keep)],
                                 np.asarray(enc["indices"])[np.asarray(keep)])
-  assert (ids is None) == (schedule != "dynamic")
+  # Dynamic masking sends one choice per region (2x2 regions here), uniformly over its candidates.
+  region, candidates = tiny_config.model.masking.region, tiny_config.model.masking.schedules
+  assert side_bits == (0 if schedule != schedules.DYNAMIC else
+                       schedules.side_bits((4, 4), region, candidates))
+  assert side_bits == (0 if schedule != schedules.DYNAMIC else 4 * 2)
 
 
 def test_quantizer_picks_the_nearest_code(tiny_model, tiny_params, images):
@@ -103,3 +126,17 @@ def test_dead_codes_are_restarted_and_live_ones_kept():
   np.testing.assert_array_equal(new[0], codebook[0])
   np.testing.assert_array_equal(new[2], codebook[2])
   assert np.allclose(new[1], 100.0, atol=0.01) and np.allclose(new[3], 100.0, atol=0.01)
+
+
+def test_kmeans_codebook_finds_separated_clusters():
+  from hybridflow_jax.models.vq import kmeans_codebook
+  rng = np.random.default_rng(0)
+  centres = np.asarray([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]], np.float32)
+  latents = np.concatenate([c + 0.1 * rng.normal(size=(50, 2)) for c in centres]).astype(np.float32)
+  for seed in range(3):  # k-means++ seeding: no cluster left without a code, whatever the draw
+    codebook = np.asarray(kmeans_codebook(jnp.asarray(latents), 4, jax.random.PRNGKey(seed), 10))
+    nearest = np.min(np.linalg.norm(centres[:, None] - codebook[None], axis=-1), axis=1)
+    assert nearest.max() < 0.2, (seed, codebook)
+  # Fewer latents than codes: every code is still finite and near the data.
+  few = np.asarray(kmeans_codebook(jnp.asarray(latents[:3]), 8, jax.random.PRNGKey(0), 5))
+  assert np.isfinite(few).all() and np.abs(few - latents[0]).max() < 1.0

@@ -6,6 +6,7 @@ All runs share one persistent compilation cache, so each distinct program compil
 import json
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +14,8 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import ROOT, TINY, TINY_PIPELINE, train
+from helpers import ONE_STAGE, ROOT, TINY, TINY_PIPELINE, train
+from helpers import ONE_STAGE_STEPS as STEPS
 from helpers import run_env as _env
 from helpers import train_cmd as _cmd
 
@@ -30,12 +32,6 @@ def final_params(workdir, stage):
 
 def _flat(tree):
   return np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(tree)])
-
-
-# Most tests run this one program (same stage, same step count), so it compiles once per session.
-ONE_STAGE = ("stage=continuous", "train.eval_at_end=False", "train.steps.continuous=40",
-             "train.crop_size.continuous=64",
-             "train.checkpoint_every=5")
 
 
 def test_pipeline_runs_every_stage_and_each_learns(compile_cache, tiny_run):
@@ -70,27 +66,56 @@ def _wait_for_checkpoint(workdir, stage, proc, min_step=1, timeout=300):
   raise TimeoutError("no checkpoint appeared")
 
 
-def test_sigkill_then_resume_is_bitwise_identical(compile_cache, tmp_path):
-  train(compile_cache, tmp_path / "straight", *ONE_STAGE)
+@pytest.fixture(scope="module")
+def one_stage(tmp_path_factory):
+  """ONE_STAGE on the demo training photos and three unreadable files (a truncated JPEG, an empty
+  file and text named .png): the overrides of every run below that is interrupted or compared."""
+  from PIL import Image
 
-  killed = tmp_path / "killed"
-  proc = subprocess.Popen(_cmd(killed, *ONE_STAGE), env=_env(compile_cache),
+  from hybridflow_jax.data import demo
+  folder = tmp_path_factory.mktemp("photos")
+  paths = demo.write_folder(folder, "train")
+  Image.open(paths[0]).save(folder / "truncated.jpg", quality=90)
+  data = (folder / "truncated.jpg").read_bytes()
+  (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+  (folder / "empty.jpg").write_bytes(b"")
+  (folder / "notes.png").write_text("this is not an image\n")
+  return (*ONE_STAGE, f"data.train={folder}")
+
+
+@pytest.fixture(scope="module")
+def straight(compile_cache, one_stage, tmp_path_factory):
+  """The workdir of `one_stage` trained without interruption: what resumed runs must reproduce."""
+  workdir = tmp_path_factory.mktemp("straight")
+  train(compile_cache, workdir, *one_stage)
+  return workdir
+
+
+def test_unreadable_images_are_skipped_and_counted(straight):
+  summary = json.loads((straight / "continuous" / "summary.json").read_text())
+  assert len(summary["skipped_images"]) == 3
+  assert summary["history"][-1]["data/skipped_images"] == 3
+
+
+def test_sigkill_then_resume_is_bitwise_identical(compile_cache, one_stage, straight, tmp_path):
+  proc = subprocess.Popen(_cmd(tmp_path, *one_stage), env=_env(compile_cache),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-  at = _wait_for_checkpoint(killed, "continuous", proc, min_step=5)
+  at = _wait_for_checkpoint(tmp_path, "continuous", proc, min_step=6)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert not (killed / "continuous" / "DONE").exists(), "the run finished before it was killed"
-  r = train(compile_cache, killed, *ONE_STAGE)
+  assert not (tmp_path / "continuous" / "DONE").exists(), "the run finished before it was killed"
+  r = train(compile_cache, tmp_path, *one_stage)
   assert "resumed from step" in r.stdout
-  assert at < 40
-  straight = _flat(final_params(tmp_path / "straight", "continuous"))
-  np.testing.assert_array_equal(straight, _flat(final_params(killed, "continuous")))
+  assert at < STEPS
+  np.testing.assert_array_equal(_flat(final_params(straight, "continuous")),
+                                _flat(final_params(tmp_path, "continuous")))
 
 
-def test_sigterm_checkpoints_exits_zero_and_the_rerun_continues(compile_cache, tmp_path):
-  proc = subprocess.Popen(_cmd(tmp_path, *ONE_STAGE), env=_env(compile_cache),
+def test_sigterm_checkpoints_exits_zero_and_the_rerun_continues(compile_cache, one_stage, straight,
+                                                                tmp_path):
+  proc = subprocess.Popen(_cmd(tmp_path, *one_stage), env=_env(compile_cache),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-  _wait_for_checkpoint(tmp_path, "continuous", proc, min_step=5)
+  _wait_for_checkpoint(tmp_path, "continuous", proc, min_step=6)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]
@@ -98,41 +123,35 @@ def test_sigterm_checkpoints_exits_zero_and_the_rerun_continues(compile_cache, t
   saved = max(int(p.name) for p in (tmp_path / "continuous" / "checkpoints").glob("*")
               if p.name.isdigit())
   assert not (tmp_path / "continuous" / "DONE").exists()
-  assert saved < 40
-  r = train(compile_cache, tmp_path, *ONE_STAGE)
+  assert saved < STEPS
+  r = train(compile_cache, tmp_path, *one_stage)
   assert f"resumed from step {saved}" in r.stdout
-  assert (tmp_path / "continuous" / "DONE").read_text().strip() == "40"
+  assert (tmp_path / "continuous" / "DONE").read_text().strip() == str(STEPS)
+  # The preemption checkpoint (at whatever step the signal came) loses nothing.
+  np.testing.assert_array_equal(_flat(final_params(straight, "continuous")),
+                                _flat(final_params(tmp_path, "continuous")))
 
 
-def test_unreadable_images_are_skipped_and_counted(compile_cache, tmp_path):
-  from PIL import Image
-
-  from hybridflow_jax.data import demo
-  folder = tmp_path / "photos"
-  paths = demo.write_folder(folder, "train")
-  good = Image.open(paths[0])
-  good.save(folder / "truncated.jpg", quality=90)
-  data = (folder / "truncated.jpg").read_bytes()
-  (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
-  (folder / "empty.jpg").write_bytes(b"")
-  (folder / "notes.png").write_text("this is not an image\n")
-  train(compile_cache, tmp_path / "run", *ONE_STAGE, f"data.train={folder}")
-  summary = json.loads((tmp_path / "run" / "continuous" / "summary.json").read_text())
-  assert len(summary["skipped_images"]) == 3
-  assert summary["history"][-1]["data/skipped_images"] == 3
+# Params of at least this many elements are split over the fsdp axis in the sharded comparison (the
+# default, 2 ** 14, is above every tiny param).
+FSDP_MIN_SIZE = 1024
 
 
 def test_sharded_step_equals_unsharded(compile_cache, tmp_path):
-  # One vq-stage step with the GAN on (generator, adaptive weight and discriminator all active).
+  # One vq-stage step with the GAN on (generator, adaptive weight and discriminator all active), on one
+  # device and on a 2x2 data x fsdp mesh. Every tiny param is below the default sharding_min_size:
+  # lowered, the fsdp axis splits params and optimiser states too, not only the batch.
   common = ("stage=vq", "train.eval_at_end=False", "train.steps.vq=1", "train.batch_size=8",
-            "losses.gan_start=0", "train.dead_code_every=0", "losses.lpips_weight=0")
+            "losses.gan_start=0", "train.dead_code_every=0", "losses.lpips_weight=0",
+            f"sharding_min_size={FSDP_MIN_SIZE}")
   train(compile_cache, tmp_path / "one", *common, devices=1)
-  train(compile_cache, tmp_path / "eight", *common, "mesh=(('data',4),('fsdp',2))", devices=8)
-  a, b = final_params(tmp_path / "one", "vq"), final_params(tmp_path / "eight", "vq")
+  train(compile_cache, tmp_path / "four", *common, "mesh=(('data',2),('fsdp',2))", devices=4)
+  a, b = final_params(tmp_path / "one", "vq"), final_params(tmp_path / "four", "vq")
+  assert any(x.size >= FSDP_MIN_SIZE for x in jax.tree.leaves(a)), "nothing for fsdp to split"
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
   la = json.loads((tmp_path / "one" / "vq" / "summary.json").read_text())["history"][-1]["loss"]
-  lb = json.loads((tmp_path / "eight" / "vq" / "summary.json").read_text())["history"][-1]["loss"]
+  lb = json.loads((tmp_path / "four" / "vq" / "summary.json").read_text())["history"][-1]["loss"]
   assert la == pytest.approx(lb, rel=1e-5)
 
 
@@ -140,15 +159,15 @@ def test_local_launcher_trains_two_processes_survives_an_interrupt_and_resumes(c
                                                                               tmp_path):
   """launch/local.sh 2: two processes (2 CPU devices each) train one run; SIGTERM to the launcher
   reaches both, which checkpoint and exit 0; the same command resumes and finishes; then one process
-  alone restores the 2-process checkpoint."""
+  alone restores the 2-process checkpoint and trains on (ONE_STAGE's program, compiled once)."""
   over = ("stage=continuous", "train.eval_at_end=False", "train.steps.continuous=12",
-          "train.checkpoint_every=3")
+          "train.crop_size.continuous=64", "train.checkpoint_every=3")
   cmd = ["bash", str(ROOT / "launch" / "local.sh"), "2", "--config", TINY, "--workdir",
          str(tmp_path), *[f"--config.{o}" for o in over]]
   env = _env(compile_cache, devices=2, PYTHON=sys.executable)
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           cwd=ROOT)
-  _wait_for_checkpoint(tmp_path, "continuous", proc, min_step=3, timeout=600)
+  _wait_for_checkpoint(tmp_path, "continuous", proc, timeout=600)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]
@@ -168,18 +187,28 @@ def test_local_launcher_trains_two_processes_survives_an_interrupt_and_resumes(c
   assert {p.name for p in data.glob("*.json")} == {"process_0-of-2.json", "process_1-of-2.json"}
   # One process alone restores the 2-process checkpoint and trains on from it.
   (tmp_path / "continuous" / "DONE").unlink()
-  r = train(compile_cache, tmp_path, *over[:2], "train.steps.continuous=14",
-            "train.checkpoint_every=3")
+  r = train(compile_cache, tmp_path, *ONE_STAGE)
   assert "resumed from step 12" in r.stdout
+  assert (tmp_path / "continuous" / "DONE").read_text().strip() == str(STEPS)
 
 
 def test_local_launcher_stops_every_process_when_one_fails(compile_cache, tmp_path):
+  # Process 0 cannot serve the coordinator on a port that is taken; process 1 would wait for it for
+  # minutes (jax.distributed's initialization timeout) unless the launcher stops it.
   cmd = ["bash", str(ROOT / "launch" / "local.sh"), "2", "--config", TINY, "--workdir",
-         str(tmp_path), "--config.stage=nonsense"]
-  t = time.time()
-  r = subprocess.run(cmd, env=_env(compile_cache, PYTHON=sys.executable), capture_output=True,
-                     text=True, timeout=300, cwd=ROOT)
-  assert r.returncode == 2 and "[p0]" in r.stderr and time.time() - t < 120, r.stderr[-2000:]
+         str(tmp_path)]
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    env = _env(compile_cache, PYTHON=sys.executable, PORT=str(taken.getsockname()[1]))
+    t = time.time()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+  # The launcher exits with the failed process's status (jax raises, or sometimes crashes).
+  assert r.returncode != 0 and time.time() - t < 120, r.stderr[-2000:]
+  assert f"process 0 exited with status {r.returncode}; stopping the others" in r.stderr, r.stderr
+  assert any(line.startswith("[p0]") for line in r.stderr.splitlines())
+  # Process 1 did not fail by itself (no traceback) nor wait out its timeout: it was stopped.
+  assert "[p1] Traceback" not in r.stderr, r.stderr[-2000:]
   r = subprocess.run(["bash", str(ROOT / "launch" / "local.sh"), "zero"], capture_output=True,
                      text=True, timeout=60)
   assert r.returncode == 2 and "usage" in r.stderr

@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hybridflow_jax import schedules
 from hybridflow_jax.models import hybridflow as hf
-from hybridflow_jax.models import masking
 from hybridflow_jax.models.transformer import decode_tokens, training_mask
 
 
@@ -22,7 +22,7 @@ def case(tiny_model):
   k = tiny_model.config.vq.num_codes
   rng = np.random.default_rng(0)
   tokens = jnp.asarray(rng.integers(0, k, (2, 4, 4)), jnp.int32)
-  keep = jnp.asarray(np.stack([masking.keep_map("1_4", 4, 4), masking.keep_map("1_16", 4, 4)]))
+  keep = jnp.asarray(np.stack([schedules.fixed_keep_map(n, 4, 4) for n in ("1_4", "1_16")]))
   ctx = jnp.asarray(rng.normal(size=(2, 4, 4, tiny_model.config.continuous.latent_channels)),
                     jnp.float32)
   return tokens, keep, ctx

@@ -41,9 +41,11 @@ import zlib
 
 import numpy as np
 
+from hybridflow_jax import schedules
+
 MAGIC = b"HF"
 VERSION = 1
-SCHEDULE_DYNAMIC = 15  # schedule ids 0..14 are fixed schedules
+SCHEDULE_DYNAMIC = schedules.DYNAMIC_WIRE_ID  # schedule ids 0..14 are fixed schedules
 MAX_SECTIONS = 7
 MAX_SIDE = 2**16
 FINGERPRINT_BYTES = 4

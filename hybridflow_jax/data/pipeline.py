@@ -23,7 +23,7 @@ import functools
 import os
 import pathlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grain
@@ -427,28 +427,50 @@ def train_iterator(spec: str, *, crop: int, batch_size: int, seed: int, process_
   return iter(it_ds)
 
 
-def eval_images(spec: str, size: int, limit: int | None = None) -> tuple[list[str], np.ndarray]:
-  """Deterministic center crops of the images of `spec`, in source order.
+def readable_images(spec: str, limit: int | None = None,
+                    log: Callable[[str], None] | None = None) -> Iterator[tuple[str, np.ndarray]]:
+  """(name, uint8 [H, W, 3]) of every readable image of data spec `spec`, in source order.
 
-  Returns (names, images): `describe` names and float32 [N, size, size, 3] in [0, 1], N <= `limit`.
-  Images whose short side is below `size` are upscaled (bicubic) first; unreadable ones are skipped
-  with a warning. Raises ValueError if none is readable.
+  The one reader of "the images of a data spec" outside training (evaluation, the exporter's index
+  prior, the trainer's held-out crops). Names are `describe` names, relative to the folder for
+  folder sources. Unreadable images are reported through `log` (default: a logging warning) and
+  skipped; at most `limit` readable images are yielded. Raises ValueError for a bad spec.
   """
   source = make_source(spec)
-  names, crops = [], []
+  root = getattr(source, "root", None)
+  log = log or logging.warning
+  count = 0
   for i in range(len(source)):
-    if limit is not None and len(crops) >= limit:
-      break
+    if limit is not None and count >= limit:
+      return
     record = source[i]
+    name = describe(record)
+    if root is not None:
+      name = os.path.relpath(name, root)
     error = record["error"]
     if not error:
       try:
-        crops.append(center_crop(decode_image(record["payload"]), size))
-        names.append(describe(record))
-      except Exception as e:  # one bad file must not stop an evaluation
+        rgb = decode_image(record["payload"])
+      except Exception as e:  # noqa: BLE001  (one bad file must not stop the caller)
         error = _error_text(e)
     if error:
-      logging.warning("skipping unreadable image %s: %s", describe(record), error)
+      log(f"skipping unreadable image {name}: {error}")
+      continue
+    count += 1
+    yield name, rgb
+
+
+def eval_images(spec: str, size: int, limit: int | None = None) -> tuple[list[str], np.ndarray]:
+  """Deterministic center crops of the images of `spec`, in source order.
+
+  Returns (names, images): names as `readable_images` gives them and float32 [N, size, size, 3] in
+  [0, 1], N <= `limit`. Images whose short side is below `size` are upscaled (bicubic) first;
+  unreadable ones are skipped with a warning. Raises ValueError if none is readable.
+  """
+  names, crops = [], []
+  for name, rgb in readable_images(spec, limit):
+    names.append(name)
+    crops.append(center_crop(rgb, size))
   if not crops and limit != 0:
     raise ValueError(f"data spec {spec!r}: no readable images")
   images = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)

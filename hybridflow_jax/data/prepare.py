@@ -18,20 +18,17 @@ are TFDS's own; they use TensorFlow to read archives and fix a few images, so th
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import re
-import sys
 
+import tensorflow_datasets as tfds
+
+from hybridflow_jax import imageio
 from hybridflow_jax.data.pipeline import IMAGE_EXTENSIONS
+from hybridflow_jax.errors import UserError
 
-EXIT_USER_ERROR = 2
-TFDS_BUILDERS = ("imagenet2012", "open_images_v4")
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-class UserError(Exception):
-  """Printed as one line; exit status 2."""
+# A TFDS data set or split name.
+TFDS_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def _files(folder: pathlib.Path) -> list[pathlib.Path]:
@@ -40,7 +37,6 @@ def _files(folder: pathlib.Path) -> list[pathlib.Path]:
 
 def _readable(path: pathlib.Path) -> bytes | None:
   """The file's bytes if Pillow can fully decode it, else None."""
-  from hybridflow_jax import imageio
   try:
     data = path.read_bytes()
     imageio.decode(data)  # a full decode: truncated files fail here
@@ -51,9 +47,7 @@ def _readable(path: pathlib.Path) -> bytes | None:
 
 def prepare_folder(name: str, splits: dict[str, str], data_dir: str, log=print) -> str:
   """Writes the array_record data set `name` (one split per folder); returns its data spec."""
-  import tensorflow_datasets as tfds
-
-  if not _NAME.match(name):
+  if not TFDS_NAME.match(name):
     raise UserError(f"--name {name!r}: use lower-case letters, digits and '_' (a TFDS name)")
   lists = {}
   for split, folder in splits.items():
@@ -121,56 +115,9 @@ def prepare_tfds(builder_name: str, data_dir: str, manual_dir: str | None, log=p
     if not found:
       raise UserError(f"--manual-dir {manual_dir}: no ILSVRC2012_img_{{train,val,test}}.tar there")
     log(f"archives: {', '.join(found)}")
-  import tensorflow_datasets as tfds
   builder = tfds.builder(builder_name, data_dir=data_dir, file_format="array_record")
   config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
   builder.download_and_prepare(download_config=config)
   for split, info in builder.info.splits.items():
     log(f"{split}: {info.num_examples} examples")
   return f"tfds:{builder_name}/train@{data_dir}"
-
-
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="hybridflow prepare-data")
-  p.add_argument("kind", choices=("folder", *TFDS_BUILDERS),
-                 help="folder (any images), imagenet2012 or open_images_v4")
-  p.add_argument("--data-dir", "--data_dir", dest="data_dir", required=True,
-                 help="TFDS data directory to write into")
-  p.add_argument("--name", default=None, help="folder: the data set's TFDS name (snake_case)")
-  p.add_argument("--split", action="append", default=[], metavar="SPLIT=DIR",
-                 help="folder: a split and its folder (repeat; e.g. train=/data/train)")
-  p.add_argument("--manual-dir", "--manual_dir", dest="manual_dir", default=None,
-                 help="imagenet2012: the folder with the downloaded ILSVRC2012 archives")
-  return p
-
-
-def main(args: list[str]) -> int:
-  parser = _parser()
-  parser.error = _fail
-  ns = parser.parse_args(args)
-  try:
-    if ns.kind == "folder":
-      if not ns.name or not ns.split:
-        raise UserError("folder needs --name NAME and at least one --split SPLIT=DIR")
-      splits = {}
-      for item in ns.split:
-        split, sep, folder = item.partition("=")
-        if not sep or not _NAME.match(split) or not folder:
-          raise UserError(f"--split {item!r}: expected SPLIT=DIR with a lower-case split name")
-        if split in splits:
-          raise UserError(f"--split {split} is given twice")
-        splits[split] = folder
-      spec = prepare_folder(ns.name, splits, ns.data_dir)
-    else:
-      if ns.name or ns.split:
-        raise UserError(f"--name and --split are for folders, not {ns.kind}")
-      spec = prepare_tfds(ns.kind, ns.data_dir, ns.manual_dir)
-  except UserError as e:
-    _fail(str(e))
-  print(f"prepared: train with --config.data.train={spec}")
-  return 0
-
-
-def _fail(message: str):
-  print(f"hybridflow prepare-data: error: {message}", file=sys.stderr)
-  sys.exit(EXIT_USER_ERROR)

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 QUANTIZATION_MODES = ("noise", "ste", "round")
 
@@ -69,6 +70,36 @@ def _lower_bound_bwd(bound, x, g):
 _lower_bound.defvjp(_lower_bound_fwd, _lower_bound_bwd)
 
 
+def factorized_logits_cumulative(matrices, biases, factors, x, xp=jnp):
+  """The factorized prior's cumulative network: x [C, 1, N] -> [C, 1, N] logits of the CDF.
+
+  The one definition, for the model (xp=jax.numpy, float32) and for the frozen tables the exporter
+  builds from its params (xp=numpy, float64: `factorized_host_cdf`).
+  """
+  for k, (matrix, bias) in enumerate(zip(matrices, biases)):
+    # softplus keeps the matrices positive (a monotone CDF); centre the uniform(0, 1) bias init.
+    x = xp.matmul(xp.logaddexp(matrix, 0.0), x) + (bias - 0.5)
+    if k < len(factors):
+      x = x + xp.tanh(factors[k]) * xp.tanh(x)
+  return x
+
+
+def factorized_host_cdf(prior_params: dict) -> Callable[[np.ndarray], np.ndarray]:
+  """The cumulative of a trained factorized prior as a float64 NumPy function [C, n] -> [C, n]
+  (the exporter's integer tables are built from it); `prior_params` are its flax params."""
+  count = len([k for k in prior_params if k.startswith("matrix")])
+  p = {k: np.asarray(v, np.float64) for k, v in prior_params.items()}
+  matrices = [p[f"matrix{k}"] for k in range(count)]
+  biases = [p[f"bias{k}"] for k in range(count)]
+  factors = [p[f"factor{k}"] for k in range(count - 1)]
+
+  def cdf(points: np.ndarray) -> np.ndarray:
+    x = np.asarray(points, np.float64)[:, None, :]          # [C, 1, N]
+    logits = factorized_logits_cumulative(matrices, biases, factors, x, np)
+    return 0.5 * (1.0 + np.tanh(0.5 * logits[:, 0, :]))      # sigmoid, stable in float64
+  return cdf
+
+
 class FactorizedPrior(nn.Module):
   """Per-channel learned density (Ballé et al. 2018, appendix 6.1), for inputs [..., C].
 
@@ -98,12 +129,7 @@ class FactorizedPrior(nn.Module):
 
   def logits_cumulative(self, x: jax.Array) -> jax.Array:
     """x: [C, 1, N] -> [C, 1, N] logits of the cumulative distribution at x."""
-    for k, (matrix, bias) in enumerate(zip(self.matrices, self.biases)):
-      # Centre the uniform(0, 1) bias init on zero.
-      x = jnp.matmul(jax.nn.softplus(matrix), x) + (bias - 0.5)
-      if k < len(self.factors):
-        x = x + jnp.tanh(self.factors[k]) * jnp.tanh(x)
-    return x
+    return factorized_logits_cumulative(self.matrices, self.biases, self.factors, x, jnp)
 
   def __call__(self, values: jax.Array) -> jax.Array:
     """values: [..., C] (already quantised or noised) -> likelihoods [..., C]."""

@@ -7,8 +7,9 @@ bridging decoder, composed.
                       └────────────────────────── bridge decoder(codebook[d'], y_hat) ─> x_hat
 
 `HybridFlow` is a flax module holding every parameter; its methods are the primitive pieces. The
-functions below it (`encode`, `decode`, `forward`) compose them functionally from params, which
-keeps the iterative decoder a plain `lax` loop and lets each training stage pick what it computes.
+functions below it (`encode`, `decode`) compose them functionally from params, which keeps the
+iterative decoder a plain `lax` loop; each training stage composes its own forward from the same
+methods (`hybridflow_jax.stages`).
 """
 
 from __future__ import annotations
@@ -20,40 +21,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from hybridflow_jax import schedules
 from hybridflow_jax.models import masking as masking_lib
-from hybridflow_jax.models.entropy import quantize
 from hybridflow_jax.models.hyperprior import ContinuousStream
-from hybridflow_jax.models.transformer import (
-  MaskedTokenTransformer,
-  decode_tokens,
-  sample_sent_maps,
-  training_mask,
-)
+from hybridflow_jax.models.transformer import MaskedTokenTransformer, decode_tokens
 from hybridflow_jax.models.vq import PixelDecoder, VectorQuantizer, VQEncoder
 
 STRIDE = 16  # pixels per token, both streams
-
-# Parameter groups (path prefixes) that each training stage updates; the rest stay frozen.
-STAGE_TRAINS = {
-    "vq": ("vq_encoder", "quantizer", "pixel_decoder"),
-    "continuous": ("continuous",),
-    "transformer": ("transformer",),
-    "bridge": ("bridge",),
-    # Joint fine-tuning leaves the tokenizer alone (moving it would change what every index means)
-    # and the synthesis head, which only served to train the continuous stream alone.
-    "joint": ("continuous/analysis", "continuous/hyper_analysis", "continuous/hyper_synthesis",
-              "continuous/factorized_prior", "transformer", "bridge"),
-}
-
-
-def trainable(params, stage: str):
-  """A pytree of bools like `params`: True where `stage` updates the parameter."""
-  prefixes = tuple(p + "/" for p in STAGE_TRAINS[stage])
-  def is_trained(path, _):
-    name = "/".join(str(getattr(k, "key", k)) for k in path) + "/"
-    return name.startswith(prefixes)
-  return jax.tree_util.tree_map_with_path(is_trained, params)
-
 
 class HybridFlow(nn.Module):
   """All of HybridFlow's parameters. `config` is the `model` part of a config (frozen)."""
@@ -91,6 +65,28 @@ class HybridFlow(nn.Module):
   def continuous_stream(self, x, rng=None, train=False, with_head=False):
     return self.continuous(x, rng, train=train, with_head=with_head)
 
+  def analysis(self, x: jax.Array) -> jax.Array:
+    """g_a: x [B, H, W, 3] in [0, 1] -> y [B, H/16, W/16, M] (unquantised)."""
+    return self.continuous.analysis(x)
+
+  def hyper_analysis(self, y: jax.Array) -> jax.Array:
+    """h_a: y [B, h, w, M] -> z [B, ceil(h/4), ceil(w/4), Nz] (unquantised)."""
+    return self.continuous.hyper_analyze(y)
+
+  def entropy_parameters(self, z_hat: jax.Array, hw: tuple[int, int]):
+    """h_s: z_hat [B, hz, wz, Nz] -> (mean, scale) of y, each [B, hw[0], hw[1], M]."""
+    return self.continuous.entropy_parameters(z_hat, hw)
+
+  @staticmethod
+  def entropy_parameter_params(params):
+    """The part of the params that `entropy_parameters` reads (h_s), in the same nested layout:
+    the codec pins just these to the host CPU."""
+    return {"continuous": {"hyper_synthesis": params["continuous"]["hyper_synthesis"]}}
+
+  def decode_codebook(self, quantized: jax.Array) -> jax.Array:
+    """G_vq on codewords: quantized [B, h, w, D] -> image [B, 16h, 16w, 3]."""
+    return self.pixel_decoder(quantized)
+
   def predict_tokens(self, tokens: jax.Array, y_hat: jax.Array, train: bool = False):
     return self.transformer(tokens, y_hat, train=train)
 
@@ -127,17 +123,18 @@ def keep_maps(images: jax.Array, schedule: str, masking: ml_collections.ConfigDi
   """Keep-maps of a batch for one operating point.
 
   images: [B, H, W, 3] in [0, 1], H and W multiples of 16. schedule: a name from
-  masking.SCHEDULES or "dynamic". Returns (keep [B, H/16, W/16] bool, region schedule ids
-  [B, rh, rw] int32 for "dynamic", else None).
+  `schedules.ALL`. Returns (keep [B, H/16, W/16] bool, side information in bits per image: the
+  per-region choices of "dynamic", else 0).
   """
   b, hw = images.shape[0], (images.shape[1] // STRIDE, images.shape[2] // STRIDE)
-  if schedule != "dynamic":
-    keep = jnp.asarray(masking_lib.keep_map(schedule, *hw))
-    return jnp.broadcast_to(keep, (b, *hw)), None
+  if schedules.check(schedule) != schedules.DYNAMIC:
+    keep = jnp.asarray(schedules.fixed_keep_map(schedule, *hw))
+    return jnp.broadcast_to(keep, (b, *hw)), 0.0
+  candidates = tuple(masking.schedules)
   fn = lambda im: masking_lib.dynamic_mask(
       im, stride=STRIDE, region=masking.region, target_keep=masking.target_keep,
-      names=tuple(masking.schedules), score=masking.score)
-  return jax.vmap(fn)(images)
+      names=candidates, score=masking.score)[0]
+  return jax.vmap(fn)(images), schedules.side_bits(hw, masking.region, candidates)
 
 
 def encode(model: HybridFlow, params, x: jax.Array, keep: jax.Array) -> dict[str, jax.Array]:
@@ -150,13 +147,13 @@ def encode(model: HybridFlow, params, x: jax.Array, keep: jax.Array) -> dict[str
           "y_likelihood": cont["y_likelihood"], "z_likelihood": cont["z_likelihood"]}
 
 
-def estimate_bits(enc: dict, keep: jax.Array, region_ids: jax.Array | None, num_codes: int,
-                  index_bits: jax.Array | None = None, num_schedules: int = 4) -> dict:
+def estimate_bits(enc: dict, keep: jax.Array, num_codes: int, index_bits: jax.Array | None = None,
+                  side_bits: float = 0.0) -> dict:
   """The model's estimate of each part of the rate, in bits per image ([B] arrays).
 
   index_bits: [K] cost of each codeword under the frozen index prior; None means uniform,
-  log2(K) bits each (the ceiling the prior never exceeds). Dynamic masking adds log2(number of
-  schedules) bits per region for the schedule ids. Header bytes are the codec's to add.
+  log2(K) bits each (the ceiling the prior never exceeds). side_bits: the mask side information
+  (`schedules.side_bits` for dynamic masking). Header bytes are the codec's to add.
   """
   axes = (1, 2, 3)
   if index_bits is None:
@@ -167,8 +164,7 @@ def estimate_bits(enc: dict, keep: jax.Array, region_ids: jax.Array | None, num_
       "indices": jnp.sum(jnp.where(keep, per_index, 0.0), axis=(1, 2)),
       "y": -jnp.sum(jnp.log2(enc["y_likelihood"]), axis=axes),
       "z": -jnp.sum(jnp.log2(enc["z_likelihood"]), axis=axes),
-      "side": jnp.zeros(keep.shape[0]) if region_ids is None else
-              jnp.full(keep.shape[0], region_ids[0].size * jnp.log2(float(num_schedules))),
+      "side": jnp.full(keep.shape[0], side_bits, jnp.float32),
   }
   out["total"] = out["indices"] + out["y"] + out["z"] + out["side"]
   return out
@@ -187,54 +183,3 @@ def decode(model: HybridFlow, params, indices: jax.Array, keep: jax.Array, y_hat
   tokens = decode_tokens(predict, indices, keep, y_hat, model.config.vq.num_codes, steps)
   image = model.apply(p, tokens, y_hat, method=HybridFlow.render)
   return jnp.clip(image, 0.0, 1.0), tokens
-
-
-def forward(model: HybridFlow, params, x: jax.Array, rng: jax.Array, stage: str) -> dict:
-  """The training forward of one stage: everything its loss needs, and nothing more.
-
-  Parameter groups the stage does not train (STAGE_TRAINS) enter through `stop_gradient`, so their
-  gradients are exactly zero and the backward pass skips them.
-  """
-  if stage not in STAGE_TRAINS:
-    raise ValueError(f"unknown stage {stage!r}")
-  p = {"params": jax.tree.map(lambda v, t: v if t else jax.lax.stop_gradient(v), params,
-                              trainable(params, stage))}
-  mcfg, num_codes = model.config.masking, model.config.vq.num_codes
-  k_cont, k_mask, k_sent, k_drop = jax.random.split(rng, 4)
-  b, hw = x.shape[0], (x.shape[1] // STRIDE, x.shape[2] // STRIDE)
-
-  if stage == "vq":
-    tok = model.apply(p, x, method=HybridFlow.tokenize)
-    x_vq = model.apply(p, tok["quantized"], method=lambda m, q: m.pixel_decoder(q))
-    return {**tok, "x_vq": x_vq}
-  if stage == "continuous":
-    return model.apply(p, x, k_cont, True, True, method=HybridFlow.continuous_stream)
-
-  out: dict[str, Any] = {"indices": model.apply(p, x, method=HybridFlow.tokenize)["indices"]}
-  if stage == "joint":
-    cont = model.apply(p, x, k_cont, True, method=HybridFlow.continuous_stream)
-    # Rate from the training proxy; downstream consumers get rounded values with STE gradients.
-    y_hat = quantize(cont["y"], "ste", offset=cont["mean"])
-    out.update(cont)
-  else:
-    y_hat = model.apply(p, x, method=HybridFlow.continuous_stream)["y_hat"]
-
-  if stage in ("transformer", "joint"):
-    visible = training_mask(k_mask, b, hw, region=mcfg.region, schedules=tuple(mcfg.schedules),
-                            region_mix=mcfg.train_region_mix, extra_mask=mcfg.train_extra_mask)
-    tokens = jnp.where(visible, out["indices"], num_codes)
-    out["logits"] = model.apply(p, tokens, jax.lax.stop_gradient(y_hat), True,
-                                method=HybridFlow.predict_tokens, rngs={"dropout": k_drop})
-    out["visible"] = visible
-    if stage == "transformer":
-      return out
-
-  # bridge / joint: decode from what a receiver would have (sent indices + the transformer).
-  sent = sample_sent_maps(k_sent, b, hw, region=mcfg.region, schedules=tuple(mcfg.schedules),
-                          region_mix=mcfg.train_region_mix)
-  frozen = jax.lax.stop_gradient(p)
-  predict = lambda t, c: model.apply(frozen, t, c, method=HybridFlow.predict_tokens)
-  out["decoded"] = decode_tokens(predict, out["indices"], sent, jax.lax.stop_gradient(y_hat),
-                                 num_codes, model.config.transformer.decode_steps)
-  out["x_hat"] = model.apply(p, out["decoded"], y_hat, method=HybridFlow.render)
-  return out

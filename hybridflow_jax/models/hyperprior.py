@@ -80,7 +80,8 @@ class SynthesisHead(nn.Module):
     return nn.Conv(3, (3, 3), name="conv_out")(h) * 0.5 + 0.5
 
 
-def _pad_to_multiple(y: jax.Array, m: int) -> jax.Array:
+def pad_to_multiple(y: jax.Array, m: int) -> jax.Array:
+  """y [B, h, w, C] edge-padded so that h and w are multiples of m."""
   ph, pw = -y.shape[1] % m, -y.shape[2] % m
   if ph == 0 and pw == 0:
     return y
@@ -105,6 +106,11 @@ class ContinuousStream(nn.Module):
     self.factorized_prior = FactorizedPrior(self.hyper_channels)
     self.gaussian = GaussianConditional()
 
+  def hyper_analyze(self, y: jax.Array) -> jax.Array:
+    """h_a on y edge-padded to a multiple of HYPER_STRIDE: y [B, h, w, M] -> z [B, h/4, w/4, Nz]
+    (rounded up)."""
+    return self.hyper_analysis(pad_to_multiple(y, HYPER_STRIDE))
+
   def entropy_parameters(self, z_hat: jax.Array, hw: tuple[int, int]):
     """(mean, scale) of y on a grid of size `hw`, from z_hat alone."""
     mean, scale = self.hyper_synthesis(z_hat)
@@ -124,7 +130,7 @@ class ContinuousStream(nn.Module):
         raise ValueError("training with noise quantisation needs an rng")
       rz, ry = jax.random.split(rng)
     y = self.analysis(x)
-    z = self.hyper_analysis(_pad_to_multiple(y, HYPER_STRIDE))
+    z = self.hyper_analyze(y)
     z_hat = quantize(z, mode, rz)
     mean, scale = self.entropy_parameters(z_hat, y.shape[1:3])
     # Rounding around the predicted mean (Minnen et al. 2018) is what the coder sends.

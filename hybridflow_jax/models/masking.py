@@ -1,55 +1,19 @@
-"""Which codeword indices are transmitted: structured schedules and complexity-aware dynamic masking.
+"""Complexity-aware dynamic masking: which schedule each region of the token grid gets.
 
-A keep-map is a bool array over the token grid, True where the index is sent. The structured
-schedules keep one index per block (HybridFlow, fig. 3):
-
-    1_1   every index (no masking)         1_2   checkerboard, 1/2 kept
-    1_4   one per 2x2 block, 1/4 kept      1_9   one per 3x3 block, 1/9 kept
-    1_16  one per 4x4 block, 1/16 kept
-
-Dynamic masking splits the grid into regions of `region` x `region` tokens, scores each region's
-pixels for complexity, and gives detailed regions denser schedules under a target mean keep ratio.
-The per-region schedule ids are side information in the bitstream.
+Dynamic masking splits the token grid into regions of `region` x `region` tokens, scores each
+region's pixels for complexity, and gives detailed regions denser schedules under a target mean
+keep ratio. The names, ratios, wire ids and keep-map builder of the schedules themselves live in
+`hybridflow_jax.schedules`.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-# Ordered densest first; a schedule's id is its position here (it is written into bitstreams).
-SCHEDULES = ("1_1", "1_2", "1_4", "1_9", "1_16")
+from hybridflow_jax import schedules
+
 COMPLEXITY_SCORES = ("gradient", "variance")
-
-
-def schedule_id(name: str) -> int:
-  if name not in SCHEDULES:
-    raise ValueError(f"unknown mask schedule {name!r}; choose from {', '.join(SCHEDULES)}")
-  return SCHEDULES.index(name)
-
-
-def keep_map(name: str, height: int, width: int) -> np.ndarray:
-  """[height, width] bool keep-map of a structured schedule, for any grid size."""
-  i, j = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-  if name == "1_1":
-    return np.ones((height, width), bool)
-  if name == "1_2":
-    return (i + j) % 2 == 0
-  n = {"1_4": 2, "1_9": 3, "1_16": 4}.get(name)
-  if n is None:
-    schedule_id(name)  # raises the one-line error
-  return (i % n == 0) & (j % n == 0)
-
-
-def keep_ratio(name: str) -> float:
-  """Nominal fraction of indices a schedule keeps (exact on grids divisible by its block)."""
-  return {"1_1": 1.0, "1_2": 1 / 2, "1_4": 1 / 4, "1_9": 1 / 9, "1_16": 1 / 16}[name]
-
-
-def schedule_maps(height: int, width: int, names=SCHEDULES) -> np.ndarray:
-  """[S, height, width] bool: the keep-map of every schedule in `names`."""
-  return np.stack([keep_map(n, height, width) for n in names])
 
 
 def _luma(image: jax.Array) -> jax.Array:
@@ -85,24 +49,8 @@ def _region_sum(x: jax.Array, region: int) -> jax.Array:
   return x.reshape(*x.shape[:-2], rh, region, rw, region).sum(axis=(-3, -1))
 
 
-def expand_regions(region_values: jax.Array, region: int, hw: tuple[int, int]) -> jax.Array:
-  """[rh, rw] per-region values -> [h, w] per-token values."""
-  full = jnp.repeat(jnp.repeat(region_values, region, axis=0), region, axis=1)
-  return full[:hw[0], :hw[1]]
-
-
-def dynamic_keep_map(ids: jax.Array, region: int, hw: tuple[int, int]) -> jax.Array:
-  """Per-region schedule ids [rh, rw] (indices into SCHEDULES) -> [h, w] bool keep-map.
-
-  This is how a decoder rebuilds the keep-map from the side information.
-  """
-  maps = jnp.asarray(schedule_maps(*hw))
-  per_token = expand_regions(ids, region, hw)
-  return jnp.take_along_axis(maps, per_token[None], axis=0)[0]
-
-
 def dynamic_mask(image: jax.Array, *, stride: int, region: int, target_keep: float,
-                 names=("1_2", "1_4", "1_9", "1_16"), score: str = "gradient",
+                 names=schedules.DEFAULT_CANDIDATES, score: str = "gradient",
                  iterations: int = 40) -> tuple[jax.Array, jax.Array]:
   """Complexity-aware dynamic masking for one image.
 
@@ -113,12 +61,12 @@ def dynamic_mask(image: jax.Array, *, stride: int, region: int, target_keep: flo
   smallest value whose exact mean keep ratio is <= `target_keep`, so the budget always holds when
   the sparsest schedule alone meets it, and more complex regions never get sparser schedules.
 
-  Returns (keep_map [h, w] bool, schedule ids [rh, rw] int32, indices into SCHEDULES).
+  Returns (keep_map [h, w] bool, choices [rh, rw] int32: positions in `names`, as sent).
   """
   h, w = image.shape[0] // stride, image.shape[1] // stride
-  maps = schedule_maps(h, w, names)
+  maps = schedules.candidate_maps(h, w, names)
   kept = _region_sum(jnp.asarray(maps, jnp.float32), region)          # [S, rh, rw]
-  ratios = jnp.asarray([keep_ratio(n) for n in names])                 # densest first
+  ratios = jnp.asarray([schedules.keep_ratio(n) for n in names])       # densest first
 
   pad = ((0, -h % region * stride), (0, -w % region * stride), (0, 0))
   c = region_complexity(jnp.pad(image, pad, mode="edge"), region * stride, score)
@@ -146,5 +94,4 @@ def dynamic_mask(image: jax.Array, *, stride: int, region: int, target_keep: flo
   sparsest = jnp.full(kept.shape[1:], len(names) - 1, jnp.int32)
   init = (jnp.float32(-20.0), jnp.float32(20.0), sparsest)
   _, _, choice = jax.lax.fori_loop(0, iterations, step, init)
-  ids = jnp.asarray([schedule_id(n) for n in names], jnp.int32)[choice]
-  return dynamic_keep_map(ids, region, (h, w)), ids
+  return schedules.region_keep_map(choice, names, region, (h, w), xp=jnp), choice

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hybridflow_jax.models.masking import SCHEDULES, dynamic_keep_map
+from hybridflow_jax import schedules as schedules_lib
 
 
 def sincos_2d(h: int, w: int, dim: int) -> jax.Array:
@@ -86,7 +86,7 @@ class MaskedTokenTransformer(nn.Module):
 
 
 def sample_sent_maps(rng: jax.Array, batch: int, hw: tuple[int, int], *, region: int,
-                     schedules=("1_2", "1_4", "1_9", "1_16"), region_mix: float = 0.5) -> jax.Array:
+                     schedules=schedules_lib.DEFAULT_CANDIDATES, region_mix: float = 0.5) -> jax.Array:
   """[B, h, w] bool keep-maps as a codec would send them, drawn at random.
 
   Each example takes one schedule from `schedules` for the whole image or, with probability
@@ -94,17 +94,16 @@ def sample_sent_maps(rng: jax.Array, batch: int, hw: tuple[int, int], *, region:
   """
   h, w = hw
   k_sched, k_mix, k_region = jax.random.split(rng, 3)
-  ids = jnp.asarray([SCHEDULES.index(s) for s in schedules], jnp.int32)
-  whole = ids[jax.random.randint(k_sched, (batch,), 0, len(schedules))]
-  rh, rw = -(-h // region), -(-w // region)
-  per_region = ids[jax.random.randint(k_region, (batch, rh, rw), 0, len(schedules))]
+  whole = jax.random.randint(k_sched, (batch,), 0, len(schedules))
+  rh, rw = schedules_lib.region_grid(hw, region)
+  per_region = jax.random.randint(k_region, (batch, rh, rw), 0, len(schedules))
   use_regions = jax.random.bernoulli(k_mix, region_mix, (batch, 1, 1))
-  region_ids = jnp.where(use_regions, per_region, whole[:, None, None])
-  return jax.vmap(lambda r: dynamic_keep_map(r, region, hw))(region_ids)
+  choice = jnp.where(use_regions, per_region, whole[:, None, None])
+  return jax.vmap(lambda c: schedules_lib.region_keep_map(c, schedules, region, hw, xp=jnp))(choice)
 
 
 def training_mask(rng: jax.Array, batch: int, hw: tuple[int, int], *, region: int,
-                  schedules=("1_2", "1_4", "1_9", "1_16"), region_mix: float = 0.5,
+                  schedules=schedules_lib.DEFAULT_CANDIDATES, region_mix: float = 0.5,
                   extra_mask: float = 0.1) -> jax.Array:
   """[B, h, w] bool: which tokens the transformer sees during training (the rest are MASK).
 

@@ -124,6 +124,40 @@ class VectorQuantizer(nn.Module):
     }
 
 
+def kmeans_codebook(latents: jax.Array, num_codes: int, rng: jax.Array,
+                    iterations: int = 10) -> jax.Array:
+  """A data-dependent codebook: k-means on encoder outputs, seeded by k-means++.
+
+  latents: [N, D] (any N >= 1; with N < K some seeds repeat and a little noise separates them).
+  Returns [K, D]. Seeds are drawn with probability proportional to the squared distance to the
+  nearest seed so far (k-means++), then `iterations` Lloyd steps; a centre that loses every latent
+  keeps its position. Jit-able: the vq stage runs it on its first batch so that every code starts
+  near the data (a random init leaves most codes unreachable, and they barely move in a short run).
+  """
+  n = latents.shape[0]
+  k_first, k_seeds, k_noise = jax.random.split(rng, 3)
+  sq = lambda c: jnp.sum(jnp.square(latents - c), axis=1)
+  first = latents[jax.random.randint(k_first, (), 0, n)]
+  centres = jnp.zeros((num_codes, latents.shape[1]), latents.dtype).at[0].set(first)
+
+  def seed(i, carry):
+    centres, d2 = carry
+    j = jax.random.categorical(jax.random.fold_in(k_seeds, i), jnp.log(d2 + 1e-20))
+    return centres.at[i].set(latents[j]), jnp.minimum(d2, sq(latents[j]))
+
+  centres, _ = jax.lax.fori_loop(1, num_codes, seed, (centres, sq(first)))
+  centres = centres + 1e-3 * (jnp.std(latents) + 1e-6) * jax.random.normal(k_noise, centres.shape)
+
+  def lloyd(_, centres):
+    dist = jnp.sum(centres * centres, axis=1)[None, :] - 2.0 * latents @ centres.T
+    assign = jnp.argmin(dist, axis=1)
+    sums = jax.ops.segment_sum(latents, assign, num_segments=num_codes)
+    counts = jax.ops.segment_sum(jnp.ones(n, latents.dtype), assign, num_segments=num_codes)
+    return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
+
+  return jax.lax.fori_loop(0, iterations, lloyd, centres)
+
+
 def update_code_usage(usage: jax.Array, counts: jax.Array, decay: float) -> jax.Array:
   """Exponential moving average of per-code usage frequencies ([K], sums to about 1)."""
   freq = counts / jnp.maximum(jnp.sum(counts), 1.0)

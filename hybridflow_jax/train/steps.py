@@ -8,6 +8,8 @@ noise and masks as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -15,18 +17,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax.sharding import NamedSharding
 
-from hybridflow_jax import losses
+from hybridflow_jax import losses, stages
+from hybridflow_jax.config import crop_size
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.models.discriminator import PatchDiscriminator
-from hybridflow_jax.models.vq import restart_dead_codes, update_code_usage
 from hybridflow_jax.perceptual import lpips_fn
-
-GAN_STAGES = ("vq", "bridge", "joint")
-# The image each stage's perceptual and adversarial terms judge, and the last layer of its decoder.
-OUTPUT = {"vq": "x_vq", "bridge": "x_hat", "joint": "x_hat"}
-LAST_LAYER = {"vq": ("pixel_decoder", "conv_out", "kernel"),
-              "bridge": ("bridge", "conv_out", "kernel"), "joint": ("bridge", "conv_out", "kernel")}
+from hybridflow_jax.train import sharding as shard_lib
 
 
 @flax.struct.dataclass
@@ -48,7 +46,7 @@ def schedule(cfg: ml_collections.ConfigDict, steps: int, peak: float):
 def make_optimizer(cfg, params, stage: str, steps: int) -> optax.GradientTransformation:
   """AdamW with warm-up + cosine and global-norm clipping on the params `stage` trains; the
   frozen ones get no update and no optimiser state."""
-  labels = jax.tree.map(lambda t: "train" if t else "freeze", hf.trainable(params, stage))
+  labels = jax.tree.map(lambda t: "train" if t else "freeze", stages.trainable(params, stage))
   train = optax.chain(
       optax.clip_by_global_norm(cfg.train.grad_clip),
       optax.adamw(schedule(cfg, steps, cfg.train.learning_rate),
@@ -67,7 +65,7 @@ def discriminator(cfg) -> PatchDiscriminator:
 
 def init_state(cfg, params, stage: str, tx, disc_tx, rng: jax.Array) -> TrainState:
   """A fresh state for `stage` around given params (jit this with out_shardings to place it)."""
-  if stage in GAN_STAGES:
+  if stages.STAGES[stage].judged is not None:
     x = jnp.zeros((1, cfg.image_size, cfg.image_size, 3))
     disc_params = discriminator(cfg).init(rng, x)
     disc_opt_state = disc_tx.init(disc_params)
@@ -89,9 +87,10 @@ def _get(tree, path):
 
 def make_train_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage: str, tx, disc_tx):
   """(state, images [B, H, W, 3] in [0, 1]) -> (state, metrics). Pure; jit it with shardings."""
-  lo = cfg.losses
-  uses_gan = stage in GAN_STAGES and lo.gan_weight > 0
-  uses_lpips = stage in GAN_STAGES and lo.lpips_weight > 0
+  lo, record = cfg.losses, stages.STAGES[stage]
+  judged = record.judged
+  uses_gan = judged is not None and lo.gan_weight > 0
+  uses_lpips = judged is not None and lo.lpips_weight > 0
   lpips = lpips_fn(lo.lpips_net) if uses_lpips else None
   disc = discriminator(cfg)
   seed_key = jax.random.PRNGKey(cfg.seed)
@@ -101,14 +100,14 @@ def make_train_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage:
     k_fwd, k_restart = jax.random.split(rng)
 
     def terms(params):
-      out = hf.forward(model, params, x, k_fwd, stage)
-      loss, m = losses.stage_loss(stage, out, x, lo)
+      out = record.forward(model, params, x, k_fwd)
+      loss, m = record.loss(out, x, lo)
       if uses_lpips:
-        m["lpips"] = jnp.mean(lpips(out[OUTPUT[stage]], x))
+        m["lpips"] = jnp.mean(lpips(out[judged.output], x))
         loss = loss + lo.lpips_weight * m["lpips"]
       # "loss" is everything but the GAN term, whose weight moves (reported as gan_g, gan_weight).
       m["loss"] = loss
-      g = losses.hinge_g_loss(disc.apply(state.disc_params, out[OUTPUT[stage]])) if uses_gan \
+      g = losses.hinge_g_loss(disc.apply(state.disc_params, out[judged.output])) if uses_gan \
           else jnp.zeros(())
       return (loss, g), (m, out)
 
@@ -120,12 +119,12 @@ def make_train_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage:
       on = (state.step >= lo.gan_start).astype(jnp.float32)
       weight = lo.gan_weight * on
       if lo.adaptive_gan_weight:
-        weight = weight * losses.adaptive_gan_weight(_get(grads, LAST_LAYER[stage]),
-                                                     _get(grads_gan, LAST_LAYER[stage]))
+        weight = weight * losses.adaptive_gan_weight(_get(grads, judged.last_layer),
+                                                     _get(grads_gan, judged.last_layer))
       grads = jax.tree.map(lambda a, b: a + weight * b, grads, grads_gan)
       m["gan_g"], m["gan_weight"] = g_loss, weight
 
-      fake = jax.lax.stop_gradient(out[OUTPUT[stage]])
+      fake = jax.lax.stop_gradient(out[judged.output])
       d_loss_fn = lambda dp: losses.hinge_d_loss(disc.apply(dp, x), disc.apply(dp, fake))
       m["gan_d"], d_grads = jax.value_and_grad(d_loss_fn)(disc_params)
       d_updates, new_d_opt = disc_tx.update(d_grads, disc_opt_state, disc_params)
@@ -140,20 +139,9 @@ def make_train_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage:
     params = optax.apply_updates(state.params, updates)
 
     usage = state.code_usage
-    if stage == "vq":
-      usage = update_code_usage(usage, out["code_counts"], cfg.train.code_usage_decay)
-      k = cfg.model.vq.num_codes
-      threshold = 1.0 / (10.0 * k)
-      if cfg.train.dead_code_every:
-        due = (state.step + 1) % cfg.train.dead_code_every == 0
-        latents = out["latent"].reshape(-1, out["latent"].shape[-1])
-        codebook = params["quantizer"]["codebook"]
-        fresh, dead = restart_dead_codes(codebook, usage, latents, k_restart, threshold)
-        params = flax.core.unfreeze(params)
-        params["quantizer"]["codebook"] = jnp.where(due, fresh, codebook)
-        usage = jnp.where(due & dead, 1.0 / k, usage)
-      m["dead_codes"] = jnp.sum(usage < threshold)
-      m["perplexity"] = jnp.exp(-jnp.sum(usage * jnp.log(usage + 1e-10)))
+    if record.after_update is not None:
+      params, usage, extra = record.after_update(params, usage, out, k_restart, cfg, state.step)
+      m.update(extra)
 
     ema = state.ema_params
     if cfg.train.ema_decay > 0:
@@ -168,21 +156,36 @@ def make_train_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage:
   return step
 
 
-def make_eval_fn(model: hf.HybridFlow, cfg: ml_collections.ConfigDict):
-  """(params, images [N, S, S, 3], keep [N, S/16, S/16], side_bits [N]) -> (per-image metrics
-  {bpp_estimated, psnr, lpips, keep_ratio}, reconstructions). One program for every operating
-  point: the schedule only enters through the keep-map."""
-  lpips = lpips_fn("alexnet")
-  pixels = cfg.eval_size * cfg.eval_size
+@dataclasses.dataclass(frozen=True)
+class StageStep:
+  """A stage's update step compiled for a mesh, with what it takes: build the state with
+  `make_state(params)` (jit it with `out_shardings=state_shardings`), feed images sharded with
+  `images_sharding`. `abstract_state` carries the shardings (for restoring and AOT compiling)."""
 
-  def evaluate(params, x, keep, side_bits):
-    enc = hf.encode(model, params, x, keep)
-    bits = hf.estimate_bits(enc, keep, None, cfg.model.vq.num_codes)
-    x_hat, _ = hf.decode(model, params, enc["indices"], keep, enc["y_hat"])
-    mse = jnp.mean(jnp.square(x_hat - x), axis=(1, 2, 3))
-    return {"bpp_estimated": (bits["total"] + side_bits) / pixels,
-            "psnr": 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10)),
-            "lpips": lpips(x_hat, x),
-            "keep_ratio": jnp.mean(keep, axis=(1, 2))}, x_hat
+  step: Any                     # jitted (state, images) -> (state, metrics); donates the state
+  make_state: Callable[[Any], TrainState]
+  abstract_state: Any
+  state_shardings: Any
+  images_sharding: NamedSharding
+  crop: int
 
-  return evaluate
+
+def stage_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage: str, mesh,
+               abstract_params, total_steps: int) -> StageStep:
+  """The one place a stage's sharded update is built (trainer, `plan`, benchmarks)."""
+  tx = make_optimizer(cfg, abstract_params, stage, total_steps)
+  disc_tx = make_disc_optimizer(cfg)
+  make_state = lambda params: init_state(cfg, params, stage, tx, disc_tx,
+                                         jax.random.PRNGKey(cfg.seed + 1))
+  abstract_state = jax.eval_shape(make_state, abstract_params)
+  state_shardings = shard_lib.tree_shardings(abstract_state, mesh, cfg.sharding_rules,
+                                             cfg.sharding_min_size)
+  abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                abstract_state, state_shardings)
+  images_sharding = shard_lib.batch_sharding(mesh)
+  step = jax.jit(make_train_step(model, cfg, stage, tx, disc_tx),
+                 in_shardings=(state_shardings, images_sharding),
+                 out_shardings=(state_shardings, shard_lib.replicated(mesh)),
+                 donate_argnums=(0,))
+  return StageStep(step, make_state, abstract_state, state_shardings, images_sharding,
+                   crop_size(cfg, stage))

@@ -29,16 +29,14 @@ from absl import logging
 from clu import parameter_overview
 from jax.experimental import multihost_utils
 
-from hybridflow_jax.config import STAGES, crop_size
+from hybridflow_jax import info, schedules, stages
 from hybridflow_jax.data import pipeline
 from hybridflow_jax.models import hybridflow as hf
-from hybridflow_jax.models.bridge import init_bridge_from_pixel_decoder
 from hybridflow_jax.train import checkpoint as ckpt_lib
 from hybridflow_jax.train import sharding as shard_lib
 from hybridflow_jax.train import steps as steps_lib
 from hybridflow_jax.train.metrics import MetricWriter, ProgressReporter
-
-EVAL_SCHEDULES = ("1_4", "1_9", "1_16", "dynamic")
+from hybridflow_jax.train.rundir import RunDir
 
 
 class Preempted(Exception):
@@ -70,35 +68,23 @@ class _SigtermFlag:
     return bool(np.any(flags))
 
 
-def stage_list(cfg) -> list[str]:
-  if cfg.stage == "pipeline":
-    return [s for s in STAGES if cfg.train.steps[s] > 0]
-  return [cfg.stage]
-
-
 def _log(msg: str) -> None:
   if jax.process_index() == 0:
     print(msg, flush=True)
 
 
-def _load_earlier_stages(workdir: pathlib.Path, stage: str, params, abstract) -> Any:
+def _load_earlier_stages(rundir: RunDir, stage: str, params, abstract) -> Any:
   """Params of every finished earlier stage, each contributing the groups it trained."""
   params = flax.core.unfreeze(params)
-  for earlier in STAGES[:STAGES.index(stage)]:
-    folder = workdir / earlier
-    if not (folder / "DONE").exists():
+  for earlier in stages.NAMES[:stages.NAMES.index(stage)]:
+    folder = rundir.stage(earlier)
+    if not folder.is_done():
       continue
-    loaded = ckpt_lib.load_params(folder / "params", abstract)
-    trained = hf.trainable(loaded, earlier)
+    loaded = ckpt_lib.load_params(folder.params, abstract)
+    trained = stages.trainable(loaded, earlier)
     params = jax.tree.map(lambda new, old, t: new if t else old, loaded, params, trained)
-    _log(f"[{stage}] loaded the {earlier} stage's params from {folder / 'params'}")
+    _log(f"[{stage}] loaded the {earlier} stage's params from {folder.params}")
   return params
-
-
-def _required(stage: str) -> tuple[str, ...]:
-  return {"vq": (), "continuous": (), "transformer": ("vq", "continuous"),
-          "bridge": ("vq", "continuous", "transformer"),
-          "joint": ("vq", "continuous", "transformer", "bridge")}[stage]
 
 
 class Run:
@@ -106,7 +92,7 @@ class Run:
   evaluator (each built or compiled once, not once per stage)."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, workdir: pathlib.Path):
-    self.cfg, self.workdir = cfg, workdir
+    self.cfg, self.rundir = cfg, RunDir(workdir)
     self.mesh = shard_lib.make_mesh(cfg.mesh)
     data_parallel = int(np.prod([self.mesh.shape[a] for a in shard_lib.batch_axes(self.mesh)]))
     if cfg.train.batch_size % data_parallel or cfg.train.batch_size % jax.process_count():
@@ -117,7 +103,7 @@ class Run:
     self.param_shardings = shard_lib.tree_shardings(self.abstract_params, self.mesh,
                                                     cfg.sharding_rules, cfg.sharding_min_size)
     self._initial_params = None
-    self._evaluator = None
+    self._evaluators: dict[Any, Evaluator] = {}
 
   def initial_params(self):
     """Freshly initialised params, created on their shardings once per process (a resumed stage
@@ -128,70 +114,53 @@ class Run:
     # Copies: the update step donates its state, and later stages must still find these intact.
     return jax.device_put(self._initial_params, self.param_shardings, may_alias=False)
 
-  def evaluator(self) -> Evaluator:
-    if self._evaluator is None:
-      self._evaluator = Evaluator(self.model, self.cfg, self.mesh)
-    return self._evaluator
+  def evaluator(self, stage: str) -> Evaluator:
+    """The held-out evaluation of `stage` (compiled once per evaluation program)."""
+    program = stages.STAGES[stage].evaluation
+    if program not in self._evaluators:
+      self._evaluators[program] = Evaluator(self.model, self.cfg, self.mesh, program)
+    return self._evaluators[program]
 
 
 def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
   """Trains one stage to `cfg.train.steps[stage]` steps (resuming if possible); returns the last
   evaluation. Raises Preempted after checkpointing on SIGTERM."""
-  cfg, workdir, mesh, model = run.cfg, run.workdir, run.mesh, run.model
-  folder = workdir / stage
+  cfg, mesh, model = run.cfg, run.mesh, run.model
+  record, folder = stages.STAGES[stage], run.rundir.stage(stage)
   total_steps = int(cfg.train.steps[stage])
-  missing = [s for s in _required(stage) if not (workdir / s / "DONE").exists()]
+  missing = run.rundir.unfinished(record.needs)
   if missing:
     raise ValueError(f"stage {stage} needs the finished {', '.join(missing)} stage(s) in "
-                     f"{workdir} (run config.stage=pipeline, or those stages first)")
+                     f"{run.rundir.root} (run config.stage=pipeline, or those stages first)")
+
+  # --- Model, optimiser, shardings and the update step ------------------------------------------
+  compiled = steps_lib.stage_step(model, cfg, stage, mesh, run.abstract_params, total_steps)
+  abstract_state, images_sharding = compiled.abstract_state, compiled.images_sharding
 
   # --- Input -------------------------------------------------------------------------------------
   data_iter = pipeline.train_iterator(
-      cfg.data.train, crop=crop_size(cfg, stage), batch_size=cfg.train.batch_size // jax.process_count(),
+      cfg.data.train, crop=compiled.crop, batch_size=cfg.train.batch_size // jax.process_count(),
       seed=cfg.seed, process_index=jax.process_index(), process_count=jax.process_count(),
       workers=cfg.data.workers, prefetch=cfg.data.prefetch)
 
-  # --- Model and optimiser -----------------------------------------------------------------------
-  tx = steps_lib.make_optimizer(cfg, run.abstract_params, stage, total_steps)
-  disc_tx = steps_lib.make_disc_optimizer(cfg)
-  make_state = lambda params: steps_lib.init_state(cfg, params, stage, tx, disc_tx,
-                                                   jax.random.PRNGKey(cfg.seed + 1))
-
-  # --- Shard -------------------------------------------------------------------------------------
-  abstract_state = jax.eval_shape(make_state, run.abstract_params)
-  state_shardings = shard_lib.tree_shardings(abstract_state, mesh, cfg.sharding_rules,
-                                             cfg.sharding_min_size)
-  abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                abstract_state, state_shardings)
-  images_sharding = shard_lib.batch_sharding(mesh)
-
-  # --- Update step -------------------------------------------------------------------------------
-  train_step = jax.jit(steps_lib.make_train_step(model, cfg, stage, tx, disc_tx),
-                       in_shardings=(state_shardings, images_sharding),
-                       out_shardings=(state_shardings, shard_lib.replicated(mesh)),
-                       donate_argnums=(0,))
-
   # --- Resume ------------------------------------------------------------------------------------
-  checkpoints = ckpt_lib.StageCheckpoints(folder / "checkpoints", cfg.train.keep_checkpoints,
+  checkpoints = ckpt_lib.StageCheckpoints(folder.checkpoints, cfg.train.keep_checkpoints,
                                           cfg.train.checkpoint_every)
   latest = checkpoints.latest_step()
   if latest is not None:
     restore_data = checkpoints.has_data_state(latest)
     state = checkpoints.restore(latest, abstract_state, data_iter if restore_data else None)
-    _log(f"[{stage}] resumed from step {latest} ({folder / 'checkpoints'})"
+    _log(f"[{stage}] resumed from step {latest} ({folder.checkpoints})"
          + ("" if restore_data else "; input restarts (process count changed)"))
   else:
-    params = _load_earlier_stages(workdir, stage, run.initial_params(), abstract_state.params)
-    if stage == "bridge":
-      # Copies, not shared buffers: the update step donates the state, each buffer once.
-      decoder = jax.device_put(params["pixel_decoder"], run.param_shardings["pixel_decoder"],
-                               may_alias=False)
-      params["bridge"] = init_bridge_from_pixel_decoder(params["bridge"], decoder)
-    state = jax.jit(make_state, out_shardings=state_shardings)(params)
+    params = _load_earlier_stages(run.rundir, stage, run.initial_params(), abstract_state.params)
+    if record.start is not None:
+      params = record.start(params, run.param_shardings)
+    state = jax.jit(compiled.make_state, out_shardings=compiled.state_shardings)(params)
     _log(f"[{stage}] starting at step 0")
 
   # --- Metrics -----------------------------------------------------------------------------------
-  writer = MetricWriter(folder / "metrics")
+  writer = MetricWriter(folder.metrics)
   if latest is None and jax.process_index() == 0:
     overview = parameter_overview.get_parameter_overview(run.abstract_params,
                                                          include_stats=False)
@@ -199,7 +168,7 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
     writer.write_hparams(cfg.to_dict())
     logging.info("parameters:\n%s", overview)
   progress = ProgressReporter(total_steps, start_step=int(state.step))
-  bad_file = folder / "skipped_images.json"
+  bad_file = folder.skipped
   bad_records: set[int] = set(json.loads(bad_file.read_text())) if bad_file.exists() else set()
 
   # --- Loop --------------------------------------------------------------------------------------
@@ -214,7 +183,7 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
         bad_records.add(int(i))
         ckpt_lib.write_json(bad_file, sorted(bad_records))
     images = jax.make_array_from_process_local_data(images_sharding, batch["image"])
-    state, metrics = train_step(state, images)
+    state, metrics = compiled.step(state, images)
     step += 1
     images_since_log += cfg.train.batch_size
 
@@ -232,7 +201,7 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
 
     checkpoints.save(step, state, data_iter, cfg)
     if cfg.train.eval_every and (step % cfg.train.eval_every == 0) and step < total_steps:
-      result = run.evaluator().run(_inference_params(state, cfg), writer, step)
+      result = run.evaluator(stage).run(_inference_params(state, cfg), writer, step)
     if sigterm.any_process():
       checkpoints.save(step, state, data_iter, cfg, force=True)
       checkpoints.wait()
@@ -246,22 +215,22 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
   checkpoints.wait()
   final = _inference_params(state, cfg)
   if cfg.train.eval_at_end:
-    result = run.evaluator().run(final, writer, step)
+    result = run.evaluator(stage).run(final, writer, step)
   checksum = jax.jit(lambda p: sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(p)),
                      out_shardings=shard_lib.replicated(mesh))(final)
   # Printed by every process: in a multi-host job they must all agree.
   print(f"[{stage}] process {jax.process_index()}: final params checksum "
         f"{float(checksum.addressable_data(0)):.9e}", flush=True)
-  if (folder / "params").exists():  # left by an interrupted finish: write it again
+  if folder.params.exists():  # left by an interrupted finish: write it again
     if jax.process_index() == 0:
-      shutil.rmtree(folder / "params")
+      shutil.rmtree(folder.params)
     multihost_utils.sync_global_devices(f"hybridflow {stage} params cleared")
-  ckpt_lib.save_params(folder / "params", final)
-  ckpt_lib.write_json(folder / "summary.json", {
+  ckpt_lib.save_params(folder.params, final)
+  ckpt_lib.write_json(folder.summary, {
       "stage": stage, "steps": step, "skipped_images": sorted(bad_records),
       "history": history, "eval": result})
   if jax.process_index() == 0:
-    (folder / "DONE").write_text(f"{step}\n")
+    folder.mark_done(step)
   multihost_utils.sync_global_devices(f"hybridflow {stage} done")
   writer.close()
   checkpoints.close()
@@ -273,21 +242,20 @@ def _inference_params(state: steps_lib.TrainState, cfg) -> Any:
 
 
 class Evaluator:
-  """Held-out evaluation per operating point: estimated bpp, PSNR, LPIPS, and reconstructions."""
+  """Held-out evaluation of one program (`Stage.evaluation`) per operating point: its metrics
+  (estimated bpp, PSNR, LPIPS, ...) and original-vs-reconstruction images."""
 
-  def __init__(self, model, cfg, mesh):
+  def __init__(self, model, cfg, mesh, program):
     names, images = pipeline.eval_images(cfg.data.eval, cfg.eval_size, cfg.data.eval_limit)
     if not names:
       raise ValueError(f"config.data.eval={cfg.data.eval!r} holds no readable image")
     self.names, self.images = names, jax.device_put(images, shard_lib.replicated(mesh))
     # The operating points' keep-maps depend only on the images: computed once.
-    side = np.log2(len(cfg.model.masking.schedules))
     self.points = {}
-    for name in EVAL_SCHEDULES:
-      keep, ids = hf.keep_maps(self.images, name, cfg.model.masking)
-      bits = np.zeros(len(names)) if ids is None else np.full(len(names), ids[0].size * side)
-      self.points[name] = (keep, jnp.asarray(bits, jnp.float32))
-    self.fn = jax.jit(steps_lib.make_eval_fn(model, cfg))
+    for name in schedules.OPERATING_POINTS:
+      keep, side_bits = hf.keep_maps(self.images, name, cfg.model.masking)
+      self.points[name] = (keep, jnp.asarray(np.full(len(names), side_bits), jnp.float32))
+    self.fn = jax.jit(program(model, cfg))
 
   def run(self, params, writer: MetricWriter, step: int) -> dict:
     table = {}
@@ -301,7 +269,6 @@ class Evaluator:
     writer.flush()
     return table
 
-
 def format_table(results: dict) -> str:
   lines = [f"{'schedule':<9s} {'kept':>6s} {'bpp (est.)':>11s} {'PSNR (dB)':>10s} {'LPIPS':>7s}"]
   for name, r in results.items():
@@ -313,29 +280,26 @@ def format_table(results: dict) -> str:
 def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path,
           log: Callable[[str], None] = _log) -> dict:
   """Runs `cfg.stage` (or every stage for "pipeline") in `workdir`; returns the final table."""
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  config_path = workdir / "config.json"
-  if jax.process_index() == 0 and not config_path.exists():
-    config_path.write_text(json.dumps(cfg.to_dict(), indent=2))
+  rundir = RunDir(workdir)
+  rundir.root.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    rundir.write_config(cfg)
   start = time.time()
   result: dict = {}
-  run = Run(cfg, workdir)
-  from hybridflow_jax import info
+  run = Run(cfg, rundir.root)
   log(info.overview(cfg) + "\n")
   with _SigtermFlag() as sigterm:
-    for stage in stage_list(cfg):
-      if (workdir / stage / "DONE").exists():
+    for stage in stages.stage_list(cfg):
+      if rundir.stage(stage).is_done():
         log(f"[{stage}] already finished, skipping")
-        summary = workdir / stage / "summary.json"
-        result = json.loads(summary.read_text()).get("eval", {}) if summary.exists() else {}
+        result = rundir.stage(stage).final_eval()
         continue
       result = train_stage(run, stage, sigterm)
   if result:
     log(f"\nheld-out images ({cfg.data.eval}), center {cfg.eval_size} px crops, estimated rate:")
     log(format_table(result))
-    ckpt_lib.write_json(workdir / "results.json", {
+    ckpt_lib.write_json(rundir.results, {
         "config": cfg.stage, "eval_data": cfg.data.eval, "eval_size": cfg.eval_size,
         "results": result, "seconds": time.time() - start})
-    log(f"wrote {workdir / 'results.json'}")
+    log(f"wrote {rundir.results}")
   return result

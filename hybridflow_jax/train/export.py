@@ -16,9 +16,8 @@ What is frozen here, once, so that every later file decodes the same:
 from __future__ import annotations
 
 import datetime
-import json
 import math
-import pathlib
+from importlib.metadata import version
 from typing import Any
 
 import jax
@@ -26,13 +25,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hybridflow_jax import __version__
+from hybridflow_jax import __version__, stages
 from hybridflow_jax.codec import bundle as bundle_lib
 from hybridflow_jax.codec import tables as tables_lib
+from hybridflow_jax.config import validate
+from hybridflow_jax.data import pipeline
 from hybridflow_jax.models import hybridflow as hf
+from hybridflow_jax.models.entropy import factorized_host_cdf
+from hybridflow_jax.train import checkpoint as ckpt_lib
+from hybridflow_jax.train.rundir import RunDir
 
-# Modules that only training uses.
-TRAINING_ONLY = (("pixel_decoder",), ("continuous", "synthesis_head"))
 GAUSSIAN_SCALES = dict(min_scale=0.11, max_scale=256.0, levels=128)
 TAIL_MASS = 1e-9
 DEFAULT_PRIOR_IMAGES = 1000
@@ -43,7 +45,7 @@ def inference_params(params) -> dict[str, Any]:
   """A copy of `params` (host numpy) without the training-only modules."""
   tree = jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32), dict(params))
   tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
-  for path in TRAINING_ONLY:
+  for path in stages.training_only_paths():
     node = tree
     for key in path[:-1]:
       node = node.get(key, {})
@@ -51,35 +53,13 @@ def inference_params(params) -> dict[str, Any]:
   return tree
 
 
-def factorized_cdf(prior_params: dict[str, np.ndarray]):
-  """The factorized prior's cumulative as a float64 numpy function [C, n] -> [C, n].
-
-  The same network as `FactorizedPrior.logits_cumulative`, evaluated in float64 from its params.
-  """
-  n = len([k for k in prior_params if k.startswith("matrix")])
-  p = {k: np.asarray(v, np.float64) for k, v in prior_params.items()}
-  softplus = lambda a: np.logaddexp(0.0, a)
-
-  def cdf(points: np.ndarray) -> np.ndarray:
-    x = np.asarray(points, np.float64)[:, None, :]          # [C, 1, N]
-    for k in range(n):
-      x = np.matmul(softplus(p[f"matrix{k}"]), x) + (p[f"bias{k}"] - 0.5)
-      if k < n - 1:
-        x = x + np.tanh(p[f"factor{k}"]) * np.tanh(x)
-    return 0.5 * (1.0 + np.tanh(0.5 * x[:, 0, :]))           # sigmoid, stable in float64
-  return cdf
-
-
 def count_indices(model: hf.HybridFlow, params, data: str, tile: int,
                   limit: int | None = DEFAULT_PRIOR_IMAGES, log=print) -> tuple[np.ndarray, int, int]:
   """Codeword counts of the images of data spec `data`, tokenized in non-overlapping tiles of
   `tile` px (images smaller than a tile are upscaled first). Returns (counts [K], images, tiles)."""
-  from hybridflow_jax.data import pipeline  # training-side code: only the exporter needs it
-
   k = model.config.vq.num_codes
   tokenize = jax.jit(lambda p, x: model.apply({"params": p}, x,
                                              method=hf.HybridFlow.tokenize)["indices"])
-  source = pipeline.make_source(data)
   counts = np.zeros(k, np.int64)
   batch: list[np.ndarray] = []
   images = tiles = 0
@@ -95,14 +75,9 @@ def count_indices(model: hf.HybridFlow, params, data: str, tile: int,
     tiles += len(batch)
     batch.clear()
 
-  for i in range(len(source)):
-    if limit is not None and images >= limit:
-      break
-    record = source[i]
-    try:
-      img = pipeline.upscale_to(pipeline.decode_image(record["payload"]), tile)
-    except Exception:  # unreadable images are the trainer's to report; skip them here too
-      continue
+  # Unreadable images are the trainer's to report: skipped here without a word.
+  for _, rgb in pipeline.readable_images(data, limit, log=lambda _: None):
+    img = pipeline.upscale_to(rgb, tile)
     images += 1
     for top in range(0, img.shape[0] - tile + 1, tile):
       for left in range(0, img.shape[1] - tile + 1, tile):
@@ -120,7 +95,7 @@ def build_tables(params, counts: np.ndarray):
   """(tables {"z", "y", "index"}, Gaussian scales, statistics) for a model's params."""
   prior = jax.device_get(params["continuous"]["factorized_prior"])
   channels = np.asarray(prior["matrix0"]).shape[0]
-  z_table = tables_lib.factorized_table(factorized_cdf(prior), channels, tail_mass=TAIL_MASS)
+  z_table = tables_lib.factorized_table(factorized_host_cdf(prior), channels, tail_mass=TAIL_MASS)
   scales = tables_lib.gaussian_scale_table(**GAUSSIAN_SCALES)
   y_table = tables_lib.gaussian_tables(scales, tail_mass=TAIL_MASS)
   index_table = tables_lib.index_prior_table(counts)
@@ -151,7 +126,7 @@ def make_bundle(config: ml_collections.ConfigDict, params, *, data: str | None =
   info = {
       "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
       "hybridflow_jax": __version__,
-      "entropy_coder": "constriction " + _constriction_version(),
+      "entropy_coder": "constriction " + version("constriction"),
       **(provenance or {}),
       "index_prior": {"data": data, "images": images, "tiles": tiles, "tile_px": tile, **stats},
       "tables": {"gaussian_scales": GAUSSIAN_SCALES, "tail_mass": TAIL_MASS,
@@ -174,26 +149,19 @@ def export_params(config: ml_collections.ConfigDict, params, out, *, data: str |
 
 def load_run(workdir) -> tuple[ml_collections.ConfigDict, Any, dict[str, Any]]:
   """(config, final params, provenance) of a finished training run in `workdir`."""
-  from hybridflow_jax.config import validate
-  from hybridflow_jax.train import checkpoint as ckpt_lib
-  from hybridflow_jax.train.trainer import stage_list
-
-  workdir = pathlib.Path(workdir)
-  config_file = workdir / "config.json"
-  if not config_file.is_file():
-    raise ValueError(f"{workdir} is not a training run (no config.json); train first")
-  config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+  rundir = RunDir(workdir)
+  config = rundir.read_config()
   validate(config)
-  stages = stage_list(config)
-  unfinished = [s for s in stages if not (workdir / s / "DONE").is_file()]
+  run_stages = stages.stage_list(config)
+  unfinished = rundir.unfinished(run_stages)
   if unfinished:
     raise ValueError(f"{workdir}: stage(s) {', '.join(unfinished)} not finished; a model needs "
-                     f"the whole pipeline ({', '.join(stages)})")
-  final = stages[-1]
+                     f"the whole pipeline ({', '.join(run_stages)})")
+  final = rundir.stage(run_stages[-1])
   model = hf.build_model(config)
-  params = ckpt_lib.load_params(workdir / final / "params", hf.param_shapes(model))
-  step = (workdir / final / "DONE").read_text().strip()
-  provenance = {"source": {"workdir": str(workdir.resolve()), "stage": final, "step": int(step)}}
+  params = ckpt_lib.load_params(final.params, hf.param_shapes(model))
+  provenance = {"source": {"workdir": str(rundir.root.resolve()), "stage": run_stages[-1],
+                           "step": final.done_step()}}
   return config, params, provenance
 
 
@@ -204,8 +172,3 @@ def export_run(workdir, out, *, data: str | None = None,
   config, params, provenance = load_run(workdir)
   return export_params(config, params, out, data=data, prior_images=prior_images, force=force,
                        provenance=provenance, log=log)
-
-
-def _constriction_version() -> str:
-  from importlib.metadata import version
-  return version("constriction")

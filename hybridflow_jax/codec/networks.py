@@ -1,0 +1,88 @@
+"""The networks a codec runs besides the entropy parameters, as jitted programs (compiled once per
+image shape), on the default device.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from hybridflow_jax.models import hybridflow as hf
+from hybridflow_jax.models import masking
+
+
+class Networks:
+  """The sender's and the receiver's networks of one model.
+
+  model, params: the model and its inference params; masking: the model config's `masking` part.
+  """
+
+  def __init__(self, model: hf.HybridFlow, params: Any, masking_config: ml_collections.ConfigDict):
+    self.model = model
+    self.params = params
+    self._masking = masking_config
+
+  @functools.cached_property
+  def _analysis(self):
+    model = self.model
+
+    def fn(params, x):
+      p = {"params": params}
+      tok = model.apply(p, x, method=hf.HybridFlow.tokenize)
+      y = model.apply(p, x, method=hf.HybridFlow.analysis)
+      z = model.apply(p, y, method=hf.HybridFlow.hyper_analysis)
+      return tok["indices"][0], y[0], jnp.round(z[0])
+    return jax.jit(fn)
+
+  def analyze(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sender's networks on a padded image x float32 [Hp, Wp, 3] in [0, 1]: (codeword indices
+    int32 [h, w], y float32 [h, w, M], z_hat int64 [hz, wz, Nz])."""
+    indices, y, z = jax.device_get(self._analysis(self.params, x[None]))
+    return np.asarray(indices, np.int32), np.asarray(y), np.asarray(z).astype(np.int64)
+
+  @functools.cached_property
+  def _dynamic_choice(self):
+    m = self._masking
+    return jax.jit(lambda image, budget: masking.dynamic_mask(
+        image, stride=hf.STRIDE, region=m.region, target_keep=budget, names=tuple(m.schedules),
+        score=m.score)[1])
+
+  def dynamic_choice(self, x: np.ndarray, budget: float) -> np.ndarray:
+    """Dynamic masking of a padded image x float32 [Hp, Wp, 3] at target keep ratio `budget`: each
+    region's choice, int [rh, rw], a position in the model's candidate schedules."""
+    return np.asarray(self._dynamic_choice(x, np.float32(budget)))
+
+  @functools.cached_property
+  def _render(self):
+    model = self.model
+
+    def fn(params, indices, keep, y_hat):
+      image, _ = hf.decode(model, params, indices[None], keep[None], y_hat[None])
+      return image[0]
+    return jax.jit(fn)
+
+  def render(self, indices: np.ndarray, keep: np.ndarray, y_hat: np.ndarray) -> np.ndarray:
+    """The receiver's networks: the token transformer fills the unsent indices, the bridging
+    decoder renders. indices int [h, w] (read where keep), keep bool [h, w], y_hat float32
+    [h, w, M] -> float32 [16h, 16w, 3] in [0, 1]."""
+    return np.asarray(self._render(self.params, jnp.asarray(indices, jnp.int32), jnp.asarray(keep),
+                                   jnp.asarray(y_hat, jnp.float32)))
+
+  @functools.cached_property
+  def _model_bits(self):
+    model = self.model
+
+    def fn(params, x):
+      enc = hf.encode(model, params, x, None)
+      return (-jnp.sum(jnp.log2(enc["y_likelihood"])), -jnp.sum(jnp.log2(enc["z_likelihood"])))
+    return jax.jit(fn)
+
+  def model_bits(self, x: np.ndarray) -> tuple[float, float]:
+    """The model's own (training-time likelihood) cost of y and z of a padded image, in bits."""
+    y, z = jax.device_get(self._model_bits(self.params, x[None]))
+    return float(y), float(z)

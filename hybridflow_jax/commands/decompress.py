@@ -1,0 +1,57 @@
+"""`hybridflow decompress IN OUT --model MODEL_DIR`: a HybridFlow file -> a lossless image.
+
+The file is checked (magic, version, checksum, model fingerprint) before jax is imported, so a wrong
+file is refused in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from PIL import Image
+
+from hybridflow_jax.codec import container
+from hybridflow_jax.codec.bundle import BundleError
+from hybridflow_jax.codec.coder import CodecError
+from hybridflow_jax.commands import files
+from hybridflow_jax.errors import UserError, reported_as_user_errors
+
+# Image formats written (lossless only: re-encoding the decoded image lossily would change it again).
+OUTPUT_FORMATS = {".png": "PNG", ".bmp": "BMP", ".ppm": "PPM", ".tif": "TIFF", ".tiff": "TIFF"}
+_SIGNATURES = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+               b"BM": "a BMP image", b"RIFF": "a RIFF (WebP?) image"}
+
+
+def run(ns) -> None:
+  out = files.check_output(ns.output, ns.force)
+  fmt = OUTPUT_FORMATS.get(out.suffix.lower())
+  if fmt is None:
+    raise UserError(f"{out}: write a lossless image ({', '.join(OUTPUT_FORMATS)})")
+  data = files.read_input(ns.input)
+  for signature, what in _SIGNATURES.items():
+    if data.startswith(signature):
+      raise UserError(f"{ns.input} is {what}, not a HybridFlow file (compress it first)")
+  with reported_as_user_errors(container.FormatError, prefix=f"{ns.input}: "):
+    container.unpack(data, expected_fingerprint=_bundle_fingerprint(ns.model))
+  # The one deferred import of the command line: the file is sound and made by this model, so
+  # now (and only now) load jax and the codec.
+  from hybridflow_jax.codec.api import DEFAULT_MAX_PIXELS, Codec
+  with reported_as_user_errors(BundleError):
+    codec = Codec.load(ns.model, max_pixels=ns.max_pixels or DEFAULT_MAX_PIXELS)
+  with reported_as_user_errors(CodecError, container.FormatError, prefix=f"{ns.input}: "):
+    image = codec.decompress(data)
+  files.write_atomically(out, lambda p: Image.fromarray(image).save(p, format=fmt))
+  print(json.dumps({"output": str(out), "width": image.shape[1], "height": image.shape[0]}))
+
+
+def _bundle_fingerprint(model_dir: str) -> bytes:
+  """The file fingerprint of the bundle at `model_dir`, from its manifest alone (no jax)."""
+  manifest = pathlib.Path(model_dir) / "manifest.json"
+  if not manifest.is_file():
+    raise UserError(f"no model bundle at {model_dir} (no manifest.json; make one with "
+                    "hybridflow export)")
+  try:
+    return bytes.fromhex(json.loads(manifest.read_text())["fingerprint"])[:container.FINGERPRINT_BYTES]
+  except (ValueError, KeyError, TypeError):
+    raise UserError(f"{manifest}: damaged manifest") from None

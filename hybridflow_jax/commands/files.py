@@ -1,0 +1,55 @@
+"""Inputs and outputs of the file commands (`export`, `compress`, `decompress`), checked up front.
+
+An existing output is never replaced without --force, and outputs are written to a temporary file
+and renamed, so a failure leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Callable
+
+from hybridflow_jax.errors import UserError
+
+
+def check_output(path: str, force: bool) -> pathlib.Path:
+  """The output file `path`, if it may be written (UserError if not)."""
+  out = pathlib.Path(path)
+  if out.is_dir():
+    raise UserError(f"{out} is a directory")
+  if out.exists() and not force:
+    raise UserError(f"{out} exists (pass --force to replace it)")
+  if not out.parent.is_dir():
+    raise UserError(f"{out.parent} is not a directory")
+  return out
+
+
+def check_output_dir(path: str, force: bool) -> pathlib.Path:
+  """The output directory `path`, if it is new, empty or --force replaces it (UserError if not)."""
+  out = pathlib.Path(path)
+  if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+    raise UserError(f"{out} exists and is not empty (pass --force to replace it)")
+  return out
+
+
+def write_atomically(out: pathlib.Path, write: Callable[[pathlib.Path], None]) -> None:
+  """Calls write(temporary path) and renames the result to `out`; removes it if write fails."""
+  tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+  try:
+    write(tmp)
+    os.replace(tmp, out)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+
+
+def read_input(path: str) -> bytes:
+  """The bytes of the input file `path` (UserError if it cannot be read)."""
+  p = pathlib.Path(path)
+  if not p.is_file():
+    raise UserError(f"{p}: no such file")
+  try:
+    return p.read_bytes()
+  except OSError as e:
+    raise UserError(f"{p}: {e.strerror}") from None

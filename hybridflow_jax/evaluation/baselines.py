@@ -1,0 +1,79 @@
+"""The live baselines of `hybridflow eval`: Pillow's JPEG, WebP and AVIF, swept over quality."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, features
+
+from hybridflow_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+  """A Pillow codec swept over its quality setting (higher quality, more bits)."""
+
+  name: str
+  format: str
+  qualities: tuple[int, int]
+  options: tuple[tuple[str, Any], ...] = ()
+  description: str = ""
+
+  def encode(self, rgb: np.ndarray, quality: int) -> bytes:
+    """The file of uint8 [H, W, 3] `rgb` at `quality`."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format=self.format, quality=int(quality), **dict(self.options))
+    return buf.getvalue()
+
+  @staticmethod
+  def decode(data: bytes) -> np.ndarray:
+    """uint8 [H, W, 3] of a file."""
+    with Image.open(io.BytesIO(data)) as im:
+      return np.asarray(im.convert("RGB"))
+
+  def closest(self, rgb: np.ndarray, target_bpp: float, cache: dict[int, bytes]) -> int:
+    """The quality whose file's bpp is closest to `target_bpp` (sizes grow with quality; found by
+    bisection, each size computed once per image through `cache`: quality -> file)."""
+    pixels = rgb.shape[0] * rgb.shape[1]
+
+    def bpp(q):
+      if q not in cache:
+        cache[q] = self.encode(rgb, q)
+      return len(cache[q]) * 8 / pixels
+
+    lo, hi = self.qualities
+    if bpp(lo) >= target_bpp:
+      return lo
+    if bpp(hi) <= target_bpp:
+      return hi
+    while hi - lo > 1:  # invariant: bpp(lo) < target <= bpp(hi)
+      mid = (lo + hi) // 2
+      lo, hi = (mid, hi) if bpp(mid) < target_bpp else (lo, mid)
+    return lo if target_bpp - bpp(lo) <= bpp(hi) - target_bpp else hi
+
+
+BASELINES = {
+    "jpeg": Baseline("jpeg", "JPEG", (1, 95), (("subsampling", 2),),
+                     "Pillow JPEG (libjpeg), 4:2:0, default tables"),
+    "webp": Baseline("webp", "WEBP", (0, 100), (("method", 6),), "Pillow WebP (libwebp), method 6"),
+    "avif": Baseline("avif", "AVIF", (0, 100), (("speed", 6),), "Pillow AVIF (libavif), speed 6"),
+}
+
+
+def baselines(names: Sequence[str] | None = None) -> list[Baseline]:
+  """JPEG, WebP and AVIF (if this Pillow writes AVIF), or the named subset (UserError if one is
+  unknown or this Pillow cannot write it)."""
+  available = [n for n in BASELINES if n != "avif" or features.check("avif")]
+  if names is None:
+    return [BASELINES[n] for n in available]
+  unknown = [n for n in names if n not in BASELINES]
+  if unknown:
+    raise UserError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+  missing = [n for n in names if n not in available]
+  if missing:
+    raise UserError(f"this Pillow cannot write {', '.join(missing)}")
+  return [BASELINES[n] for n in names]

@@ -1,0 +1,121 @@
+"""The evaluation loop: every image of a data set compressed to real files, decoded and measured."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from hybridflow_jax.codec.api import Codec
+from hybridflow_jax.data import pipeline
+from hybridflow_jax.errors import UserError
+from hybridflow_jax.evaluation.baselines import Baseline
+from hybridflow_jax.evaluation.measures import Measures
+
+# Images whose reconstructions are kept (for the grid of originals and reconstructions).
+GRID_IMAGES = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+  """An image, uint8 [H, W, 3], and its reconstruction at every operating point."""
+
+  name: str
+  rgb: np.ndarray
+  reconstructions: dict[str, np.ndarray]
+
+
+def evaluate(codec: Codec, name: str, spec: str, out: pathlib.Path, *, schedules: Sequence[str],
+             baselines: Sequence[Baseline] = (), limit: int | None = None, progress: bool = True,
+             log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], list[Sample]]:
+  """Evaluates data set `name` (data spec `spec`, at most `limit` images); our files go to out/files/.
+
+  Returns (rows, samples): one row per image x codec x operating point (the columns of
+  per_image.csv, docs/results.md: sizes in bytes and bits per pixel, times in seconds), and the
+  first GRID_IMAGES images with their reconstructions. Raises UserError if the data set has no
+  readable image.
+  """
+  (out / "files").mkdir(parents=True, exist_ok=True)
+  listed = list(pipeline.readable_images(spec, limit, log))
+  if not listed:
+    raise UserError(f"--data {name}={spec}: no readable images")
+  measure = Measures()
+  rows: list[dict[str, Any]] = []
+  samples: list[Sample] = []
+  warm_shapes: set[tuple[int, int]] = set()
+  bar = tqdm(listed, desc=f"eval {name}", unit="img", disable=not progress, file=sys.stderr)
+  for image_name, rgb in bar:
+    if rgb.shape[:2] not in warm_shapes:  # compile every program this shape needs, untimed
+      for schedule in schedules:
+        codec.decompress(codec.compress(rgb, schedule))
+      measure(rgb, rgb)
+      warm_shapes.add(rgb.shape[:2])
+    image = {"dataset": name, "image": image_name, "width": rgb.shape[1], "height": rgb.shape[0]}
+    ours, recon = _ours(codec, measure, image, rgb, schedules, out)
+    rows += ours
+    bpp = {r["operating_point"]: r["bpp"] for r in ours}
+    for b in baselines:
+      rows += _baseline(b, measure, image, rgb, bpp)
+    if len(samples) < GRID_IMAGES:
+      samples.append(Sample(image_name, rgb, recon))
+    bar.set_postfix(bpp=f"{np.mean(list(bpp.values())):.4f}")
+  return rows, samples
+
+
+def _ours(codec: Codec, measure: Measures, image: dict[str, Any], rgb: np.ndarray,
+          schedules: Sequence[str], out: pathlib.Path):
+  """Rows of our files of `rgb`, one per schedule (written to out/files/), and the decoded images."""
+  pixels = rgb.shape[0] * rgb.shape[1]
+  lat = codec.analyze(rgb)
+  rows, recon = [], {}
+  for schedule in schedules:
+    c, t_enc = _timed(codec.compress_detailed, rgb, schedule)
+    decoded, t_dec = _timed(codec.decompress, c.data)
+    path = out / "files" / f"{_file_stem(image['image'])}.{schedule}.hfc"
+    path.write_bytes(c.data)
+    estimate = codec.estimate_bits(lat, c)["total"] + c.bits["header"]
+    recon[schedule] = decoded
+    rows.append({**image, "codec": "hybridflow", "operating_point": schedule, "quality": "",
+                 "bytes": len(c.data), "bpp": len(c.data) * 8 / pixels,
+                 "bpp-estimated": estimate / pixels, "keep_ratio": c.keep_ratio,
+                 "encoding_time": t_enc, "decoding_time": t_dec, **measure(rgb, decoded),
+                 "file": str(path.relative_to(out))})
+  return rows, recon
+
+
+def _baseline(b: Baseline, measure: Measures, image: dict[str, Any], rgb: np.ndarray,
+              targets: dict[str, float]) -> list[dict[str, Any]]:
+  """Rows of baseline `b` on `rgb`: per operating point, the quality closest to its bpp target."""
+  pixels = rgb.shape[0] * rgb.shape[1]
+  cache: dict[int, bytes] = {}
+  done: dict[int, dict] = {}  # quality -> measured row (points often share a quality)
+  rows = []
+  for schedule, target in targets.items():
+    q = b.closest(rgb, target, cache)
+    if q not in done:
+      data, t_enc = _timed(b.encode, rgb, q)
+      decoded, t_dec = _timed(b.decode, data)
+      done[q] = {"bytes": len(data), "bpp": len(data) * 8 / pixels, "bpp-estimated": math.nan,
+                 "keep_ratio": math.nan, "encoding_time": t_enc, "decoding_time": t_dec,
+                 **measure(rgb, decoded), "file": ""}
+    rows.append({**image, "codec": b.name, "operating_point": schedule, "quality": q, **done[q]})
+  return rows
+
+
+def _timed(fn: Callable, *args, **kwargs):
+  t = time.perf_counter()
+  out = fn(*args, **kwargs)
+  return out, time.perf_counter() - t
+
+
+def _file_stem(image_name: str) -> str:
+  stem = os.path.splitext(image_name)[0]
+  return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)

@@ -1,0 +1,313 @@
+"""The training stages, one record each: what a stage trains, what it needs, what it computes, its
+loss, what its perceptual and adversarial terms judge, how it starts, and what it evaluates.
+
+    vq ──┬──> transformer ──> bridge ──> joint
+    continuous ──┘
+
+The trainer, `plan`, export and the benchmarks iterate over `STAGES`; adding a stage is adding a
+record here. Forward functions return everything the stage's loss needs and nothing more; the
+parameter groups a stage does not train enter through `stop_gradient`, so their gradients are
+exactly zero and the backward pass skips them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from hybridflow_jax import losses
+from hybridflow_jax.models import hybridflow as hf
+from hybridflow_jax.models.bridge import init_bridge_from_pixel_decoder
+from hybridflow_jax.models.entropy import quantize
+from hybridflow_jax.models.transformer import decode_tokens, sample_sent_maps, training_mask
+from hybridflow_jax.models.vq import restart_dead_codes, update_code_usage
+from hybridflow_jax.perceptual import lpips_fn
+
+Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Judged:
+  """The image a stage's LPIPS and GAN terms judge (a key of its forward output), and the last
+  layer of the decoder that made it (VQGAN's adaptive GAN weight balances gradients there)."""
+
+  output: str
+  last_layer: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str
+  trains: tuple[str, ...]         # param path prefixes the stage updates; the rest stay frozen
+  needs: tuple[str, ...]          # stages that must be finished first (their params are loaded)
+  forward: Callable[..., dict]    # (model, params, x, rng) -> outputs
+  loss: Callable[..., tuple[jax.Array, Metrics]]  # (outputs, x, config.losses) -> (loss, metrics)
+  judged: Judged | None = None    # LPIPS + GAN on this image; None: neither
+  start: Callable[[Any, Any], Any] | None = None  # (params, param shardings) -> params at step 0
+  # (params, usage, outputs, rng, config, step) -> (params, usage, metrics), after each update.
+  after_update: Callable[..., tuple[Any, jax.Array, Metrics]] | None = None
+  training_only: tuple[tuple[str, ...], ...] = ()  # params inference never uses (export drops)
+  # (model, config) -> the held-out evaluation program run during and at the end of the stage.
+  evaluation: Callable[..., Callable] | None = None
+
+
+def trainable(params, stage: str):
+  """A pytree of bools like `params`: True where `stage` updates the parameter."""
+  prefixes = tuple(p + "/" for p in STAGES[stage].trains)
+
+  def is_trained(path, _):
+    name = "/".join(str(getattr(k, "key", k)) for k in path) + "/"
+    return name.startswith(prefixes)
+  return jax.tree_util.tree_map_with_path(is_trained, params)
+
+
+def _frozen_apart_from(params, stage: str) -> dict:
+  return {"params": jax.tree.map(lambda v, t: v if t else jax.lax.stop_gradient(v), params,
+                                 trainable(params, stage))}
+
+
+def _keys(rng: jax.Array):
+  """(continuous, training mask, sent maps, dropout) keys; every stage splits the same way."""
+  return jax.random.split(rng, 4)
+
+
+def _grid(x: jax.Array) -> tuple[int, int]:
+  return x.shape[1] // hf.STRIDE, x.shape[2] // hf.STRIDE
+
+
+# --------------------------------------------------------------------------------------------------
+# Forward pieces shared by the later stages.
+
+
+def _predict_masked(model, p, x, out, y_hat, k_mask, k_drop) -> dict:
+  """The transformer on a training mask of the true indices (cross-entropy targets)."""
+  mcfg = model.config.masking
+  visible = training_mask(k_mask, x.shape[0], _grid(x), region=mcfg.region,
+                          schedules=tuple(mcfg.schedules), region_mix=mcfg.train_region_mix,
+                          extra_mask=mcfg.train_extra_mask)
+  tokens = jnp.where(visible, out["indices"], model.config.vq.num_codes)
+  logits = model.apply(p, tokens, jax.lax.stop_gradient(y_hat), True,
+                       method=hf.HybridFlow.predict_tokens, rngs={"dropout": k_drop})
+  return {"logits": logits, "visible": visible}
+
+
+def _render_received(model, p, x, out, y_hat, k_sent) -> dict:
+  """What a receiver renders: sent indices completed by the frozen transformer, then the bridge."""
+  mcfg = model.config.masking
+  sent = sample_sent_maps(k_sent, x.shape[0], _grid(x), region=mcfg.region,
+                          schedules=tuple(mcfg.schedules), region_mix=mcfg.train_region_mix)
+  frozen = jax.lax.stop_gradient(p)
+  predict = lambda t, c: model.apply(frozen, t, c, method=hf.HybridFlow.predict_tokens)
+  decoded = decode_tokens(predict, out["indices"], sent, jax.lax.stop_gradient(y_hat),
+                          model.config.vq.num_codes, model.config.transformer.decode_steps)
+  return {"decoded": decoded, "x_hat": model.apply(p, decoded, y_hat, method=hf.HybridFlow.render)}
+
+
+def _indices_and_rounded_y(model, p, x) -> tuple[dict, jax.Array]:
+  out = {"indices": model.apply(p, x, method=hf.HybridFlow.tokenize)["indices"]}
+  return out, model.apply(p, x, method=hf.HybridFlow.continuous_stream)["y_hat"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Forwards.
+
+
+def _vq_forward(model, params, x, rng):
+  del rng
+  p = _frozen_apart_from(params, "vq")
+  tok = model.apply(p, x, method=hf.HybridFlow.tokenize)
+  return {**tok, "x_vq": model.apply(p, tok["quantized"], method=hf.HybridFlow.decode_codebook)}
+
+
+def _continuous_forward(model, params, x, rng):
+  k_cont, *_ = _keys(rng)
+  p = _frozen_apart_from(params, "continuous")
+  return model.apply(p, x, k_cont, True, True, method=hf.HybridFlow.continuous_stream)
+
+
+def _transformer_forward(model, params, x, rng):
+  _, k_mask, _, k_drop = _keys(rng)
+  p = _frozen_apart_from(params, "transformer")
+  out, y_hat = _indices_and_rounded_y(model, p, x)
+  return {**out, **_predict_masked(model, p, x, out, y_hat, k_mask, k_drop)}
+
+
+def _bridge_forward(model, params, x, rng):
+  _, _, k_sent, _ = _keys(rng)
+  p = _frozen_apart_from(params, "bridge")
+  out, y_hat = _indices_and_rounded_y(model, p, x)
+  return {**out, **_render_received(model, p, x, out, y_hat, k_sent)}
+
+
+def _joint_forward(model, params, x, rng):
+  k_cont, k_mask, k_sent, k_drop = _keys(rng)
+  p = _frozen_apart_from(params, "joint")
+  out = {"indices": model.apply(p, x, method=hf.HybridFlow.tokenize)["indices"]}
+  cont = model.apply(p, x, k_cont, True, method=hf.HybridFlow.continuous_stream)
+  # Rate from the training proxy; downstream consumers get rounded values with STE gradients.
+  y_hat = quantize(cont["y"], "ste", offset=cont["mean"])
+  out.update(cont)
+  out.update(_predict_masked(model, p, x, out, y_hat, k_mask, k_drop))
+  out.update(_render_received(model, p, x, out, y_hat, k_sent))
+  return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Losses: the pixel, rate and token terms (LPIPS and GAN are added by the update step from
+# `Stage.judged`). Images are [B, H, W, 3] in [0, 1]; rates in bits per pixel.
+
+
+def _vq_loss(out, x, cfg):
+  m = {"recon": losses.pixel_loss(cfg.pixel, out["x_vq"], x),
+       "codebook": out["codebook_loss"], "commitment": out["commitment_loss"]}
+  m["loss"] = m["recon"] + cfg.codebook_weight * m["codebook"] \
+      + cfg.commitment_weight * m["commitment"]
+  return m["loss"], m
+
+
+def _rate(out, x) -> jax.Array:
+  return losses.rate_bpp(out["y_likelihood"], out["z_likelihood"], x.shape[1] * x.shape[2])
+
+
+def _continuous_loss(out, x, cfg):
+  m = {"bpp": _rate(out, x), "mse": losses.mse(out["x_cont"], x)}
+  # lambda scales MSE measured on the 0-255 scale, as in CompressAI's rate-distortion loss.
+  m["loss"] = m["bpp"] + cfg.rate_lambda * 255.0 ** 2 * m["mse"]
+  return m["loss"], m
+
+
+def _token_terms(out) -> Metrics:
+  ce, acc = losses.masked_cross_entropy(out["logits"], out["indices"], out["visible"])
+  return {"token_ce": ce, "token_acc": acc}
+
+
+def _transformer_loss(out, x, cfg):
+  m = _token_terms(out)
+  m["loss"] = m["token_ce"]
+  return m["loss"], m
+
+
+def _bridge_loss(out, x, cfg):
+  m = {"mse": losses.mse(out["x_hat"], x)}
+  m["loss"] = cfg.mse_weight * m["mse"]
+  return m["loss"], m
+
+
+def _joint_loss(out, x, cfg):
+  m = {"bpp": _rate(out, x), **_token_terms(out), "mse": losses.mse(out["x_hat"], x)}
+  m["loss"] = m["bpp"] + m["token_ce"] + cfg.mse_weight * m["mse"]
+  return m["loss"], m
+
+
+# --------------------------------------------------------------------------------------------------
+# Start-up and per-step maintenance.
+
+
+def _bridge_start(params, param_shardings):
+  """The bridge starts as an exact copy of the trained pixel decoder (fusion layers output 0)."""
+  # Copies, not shared buffers: the update step donates the state, each buffer once.
+  decoder = jax.device_put(params["pixel_decoder"], param_shardings["pixel_decoder"],
+                           may_alias=False)
+  params = flax.core.unfreeze(params)
+  params["bridge"] = init_bridge_from_pixel_decoder(params["bridge"], decoder)
+  return params
+
+
+def _codebook_maintenance(params, usage, out, rng, cfg, step):
+  """Tracks codeword usage and re-seeds dead codes from this batch's encoder outputs every
+  `train.dead_code_every` steps (a code is dead below 1/(10 K) of the usage)."""
+  usage = update_code_usage(usage, out["code_counts"], cfg.train.code_usage_decay)
+  k = cfg.model.vq.num_codes
+  threshold = 1.0 / (10.0 * k)
+  if cfg.train.dead_code_every:
+    due = (step + 1) % cfg.train.dead_code_every == 0
+    latents = out["latent"].reshape(-1, out["latent"].shape[-1])
+    codebook = params["quantizer"]["codebook"]
+    fresh, dead = restart_dead_codes(codebook, usage, latents, rng, threshold)
+    params = flax.core.unfreeze(params)
+    params["quantizer"]["codebook"] = jnp.where(due, fresh, codebook)
+    usage = jnp.where(due & dead, 1.0 / k, usage)
+  metrics = {"dead_codes": jnp.sum(usage < threshold),
+             "perplexity": jnp.exp(-jnp.sum(usage * jnp.log(usage + 1e-10)))}
+  return params, usage, metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# Held-out evaluation.
+
+
+def hybrid_evaluation(model: hf.HybridFlow, cfg: ml_collections.ConfigDict):
+  """The whole codec as a receiver sees it, per operating point: (params, images [N, S, S, 3],
+  keep [N, S/16, S/16], side_bits [N]) -> (per-image metrics {bpp_estimated, psnr, lpips,
+  keep_ratio}, reconstructions). One program for every operating point: the schedule only enters
+  through the keep-map."""
+  lpips = lpips_fn("alexnet")
+  pixels = cfg.eval_size * cfg.eval_size
+
+  def evaluate(params, x, keep, side_bits):
+    enc = hf.encode(model, params, x, keep)
+    bits = hf.estimate_bits(enc, keep, cfg.model.vq.num_codes)
+    x_hat, _ = hf.decode(model, params, enc["indices"], keep, enc["y_hat"])
+    mse = jnp.mean(jnp.square(x_hat - x), axis=(1, 2, 3))
+    return {"bpp_estimated": (bits["total"] + side_bits) / pixels,
+            "psnr": 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10)),
+            "lpips": lpips(x_hat, x),
+            "keep_ratio": jnp.mean(keep, axis=(1, 2))}, x_hat
+
+  return evaluate
+
+
+# --------------------------------------------------------------------------------------------------
+# The records.
+
+_BRIDGE_OUT = Judged("x_hat", ("bridge", "conv_out", "kernel"))
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("vq", trains=("vq_encoder", "quantizer", "pixel_decoder"), needs=(),
+          forward=_vq_forward, loss=_vq_loss,
+          judged=Judged("x_vq", ("pixel_decoder", "conv_out", "kernel")),
+          after_update=_codebook_maintenance,
+          # G_vq only teaches the tokenizer; the bridge is its inference-time copy.
+          training_only=(("pixel_decoder",),), evaluation=hybrid_evaluation),
+    Stage("continuous", trains=("continuous",), needs=(),
+          forward=_continuous_forward, loss=_continuous_loss,
+          # The light synthesis head only serves to train this stream alone.
+          training_only=(("continuous", "synthesis_head"),), evaluation=hybrid_evaluation),
+    Stage("transformer", trains=("transformer",), needs=("vq", "continuous"),
+          forward=_transformer_forward, loss=_transformer_loss, evaluation=hybrid_evaluation),
+    Stage("bridge", trains=("bridge",), needs=("vq", "continuous", "transformer"),
+          forward=_bridge_forward, loss=_bridge_loss, judged=_BRIDGE_OUT, start=_bridge_start,
+          evaluation=hybrid_evaluation),
+    # Joint fine-tuning leaves the tokenizer alone (moving it would change what every index means)
+    # and the synthesis head, which only served to train the continuous stream alone.
+    Stage("joint", trains=("continuous/analysis", "continuous/hyper_analysis",
+                           "continuous/hyper_synthesis", "continuous/factorized_prior",
+                           "transformer", "bridge"),
+          needs=("vq", "continuous", "transformer", "bridge"),
+          forward=_joint_forward, loss=_joint_loss, judged=_BRIDGE_OUT, evaluation=hybrid_evaluation),
+)}
+NAMES = tuple(STAGES)
+
+
+def get(name: str) -> Stage:
+  if name not in STAGES:
+    raise ValueError(f"unknown stage {name!r}; choose from {', '.join(NAMES)}")
+  return STAGES[name]
+
+
+def stage_list(cfg: ml_collections.ConfigDict) -> list[str]:
+  """The stages a config runs: `config.stage`, or for "pipeline" every stage with steps > 0."""
+  if cfg.stage == "pipeline":
+    return [s for s in NAMES if cfg.train.steps[s] > 0]
+  return [cfg.stage]
+
+
+def training_only_paths() -> tuple[tuple[str, ...], ...]:
+  """Param paths no inference program reads (what an exported bundle leaves out)."""
+  return tuple(path for s in STAGES.values() for path in s.training_only)
