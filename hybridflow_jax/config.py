@@ -76,7 +76,10 @@ def base_config() -> ml_collections.ConfigDict:
   t.grad_clip = 1.0                     # global-norm clipping
   t.disc_learning_rate = 1e-4           # the discriminator's own AdamW (VQGAN)
   t.ema_decay = 0.0                     # EMA of params (0 = off); exported params are the EMA if on
-  t.code_usage_decay = 0.99             # EMA of codeword usage (vq stage)
+  t.codebook_init = "kmeans"            # "kmeans": k-means++ on the first batch's encoder outputs
+                                        # (ours; data-dependent init as in SoundStream); "random"
+  t.kmeans_iterations = 10              # Lloyd steps of that init
+  t.code_usage_decay = 0.99             # EMA of codeword usage (vq stage), read bias-corrected
   t.dead_code_every = 1_000             # how often codes used < 1/(10 K) are restarted (0: never)
   t.steps = ml_collections.ConfigDict(dict(
       vq=500_000, continuous=500_000, transformer=1_000_000, bridge=200_000, joint=0))
@@ -146,5 +149,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     crop = c.train.crop_size[stage]
     if crop < 0 or crop % 16:
       bad(f"train.crop_size.{stage}", f"must be 0 or a positive multiple of 16, got {crop}")
+  if c.train.codebook_init not in ("kmeans", "random"):
+    bad("train.codebook_init", "must be kmeans or random")
   if c.losses.pixel not in ("l1", "l2"):
     bad("losses.pixel", "must be l1 or l2")

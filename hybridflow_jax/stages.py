@@ -26,7 +26,7 @@ from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.models.bridge import init_bridge_from_pixel_decoder
 from hybridflow_jax.models.entropy import quantize
 from hybridflow_jax.models.transformer import decode_tokens, sample_sent_maps, training_mask
-from hybridflow_jax.models.vq import restart_dead_codes, update_code_usage
+from hybridflow_jax.models.vq import kmeans_codebook, restart_dead_codes, update_code_usage
 from hybridflow_jax.perceptual import lpips_fn
 
 Metrics = dict[str, jax.Array]
@@ -53,8 +53,7 @@ class Stage:
   # (params, usage, outputs, rng, config, step) -> (params, usage, metrics), after each update.
   after_update: Callable[..., tuple[Any, jax.Array, Metrics]] | None = None
   training_only: tuple[tuple[str, ...], ...] = ()  # params inference never uses (export drops)
-  # (model, config) -> the held-out evaluation program run during and at the end of the stage.
-  evaluation: Callable[..., Callable] | None = None
+  evaluation: Evaluation | None = None  # the held-out evaluation during and at the end
 
 
 def trainable(params, stage: str):
@@ -220,33 +219,113 @@ def _bridge_start(params, param_shardings):
 
 
 def _codebook_maintenance(params, usage, out, rng, cfg, step):
-  """Tracks codeword usage and re-seeds dead codes from this batch's encoder outputs every
-  `train.dead_code_every` steps (a code is dead below 1/(10 K) of the usage)."""
-  usage = update_code_usage(usage, out["code_counts"], cfg.train.code_usage_decay)
+  """Keeps the codebook on the data: at step 0 it becomes k-means++ centres of the first batch's
+  encoder outputs (`train.codebook_init`); every step it tracks codeword usage, and every
+  `train.dead_code_every` steps it re-seeds dead codes (used below 1/(10 K)) from this batch.
+
+  Usage is an exponential moving average that starts at zero and is read bias-corrected (divided
+  by 1 - decay^t, as Adam does), so a code nobody picks reads as unused from the first steps on
+  instead of decaying from a uniform start for hundreds of steps.
+  """
+  k_init, k_restart = jax.random.split(rng)
+  latents = out["latent"].reshape(-1, out["latent"].shape[-1])
+  params = flax.core.unfreeze(params)
+  codebook = params["quantizer"]["codebook"]
+  if cfg.train.codebook_init == "kmeans":
+    codebook = jax.lax.cond(
+        step == 0, lambda: kmeans_codebook(jax.lax.stop_gradient(latents), codebook.shape[0],
+                                           k_init, cfg.train.kmeans_iterations).astype(codebook.dtype),
+        lambda: codebook)
+  decay = cfg.train.code_usage_decay
+  usage = update_code_usage(usage, out["code_counts"], decay)
+  corrected = lambda u: u / (1.0 - decay ** (step.astype(jnp.float32) + 1.0))
   k = cfg.model.vq.num_codes
   threshold = 1.0 / (10.0 * k)
   if cfg.train.dead_code_every:
     due = (step + 1) % cfg.train.dead_code_every == 0
-    latents = out["latent"].reshape(-1, out["latent"].shape[-1])
-    codebook = params["quantizer"]["codebook"]
-    fresh, dead = restart_dead_codes(codebook, usage, latents, rng, threshold)
-    params = flax.core.unfreeze(params)
-    params["quantizer"]["codebook"] = jnp.where(due, fresh, codebook)
-    usage = jnp.where(due & dead, 1.0 / k, usage)
-  metrics = {"dead_codes": jnp.sum(usage < threshold),
-             "perplexity": jnp.exp(-jnp.sum(usage * jnp.log(usage + 1e-10)))}
+    fresh, dead = restart_dead_codes(codebook, corrected(usage), latents, k_restart, threshold)
+    codebook = jnp.where(due, fresh, codebook)
+    # A restarted code starts as if used at the uniform rate (in the EMA's raw units).
+    usage = jnp.where(due & dead, (1.0 - decay ** (step.astype(jnp.float32) + 1.0)) / k, usage)
+  params["quantizer"]["codebook"] = codebook
+  freq = corrected(usage)
+  freq = freq / jnp.maximum(jnp.sum(freq), 1e-12)
+  metrics = {"dead_codes": jnp.sum(freq < threshold),
+             "codes_used": jnp.mean(freq >= threshold),
+             "perplexity": jnp.exp(-jnp.sum(freq * jnp.log(freq + 1e-10)))}
   return params, usage, metrics
 
 
 # --------------------------------------------------------------------------------------------------
-# Held-out evaluation.
+# Held-out evaluation: each stage measures what it trains, so a failing stage shows where it fails.
+# A program maps (params, images [N, S, S, 3] in [0, 1], keep [N, S/16, S/16] bool, side bits [N])
+# to (per-image metrics {name: [N]}, reconstructions [N, S, S, 3]); `per_point` programs run at
+# every operating point (`schedules.OPERATING_POINTS`), the others once with every index kept.
 
 
-def hybrid_evaluation(model: hf.HybridFlow, cfg: ml_collections.ConfigDict):
-  """The whole codec as a receiver sees it, per operating point: (params, images [N, S, S, 3],
-  keep [N, S/16, S/16], side_bits [N]) -> (per-image metrics {bpp_estimated, psnr, lpips,
-  keep_ratio}, reconstructions). One program for every operating point: the schedule only enters
-  through the keep-map."""
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  name: str                        # what is measured, for the table's title
+  per_point: bool                  # run at each operating point, or once
+  build: Callable[..., Callable]   # (model, config) -> the jittable program
+
+
+def psnr(x_hat: jax.Array, x: jax.Array) -> jax.Array:
+  """[N] PSNR in dB of images in [0, 1]."""
+  mse = jnp.mean(jnp.square(x_hat - x), axis=(1, 2, 3))
+  return 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))
+
+
+def _image_metrics(lpips, x_hat, x) -> Metrics:
+  return {"psnr": psnr(x_hat, x), "lpips": lpips(x_hat, x)}
+
+
+def _codebook_only(model, cfg):
+  lpips = lpips_fn("alexnet")
+
+  def evaluate(params, x, keep, side_bits):
+    p = {"params": params}
+    tok = model.apply(p, x, method=hf.HybridFlow.tokenize)
+    x_hat = jnp.clip(model.apply(p, tok["indices"], method=hf.HybridFlow.render_codebook), 0, 1)
+    k = cfg.model.vq.num_codes
+    used = jnp.zeros(k).at[tok["indices"].reshape(-1)].add(1.0) > 0
+    return {**_image_metrics(lpips, x_hat, x),
+            "codes_used": jnp.full(x.shape[0], jnp.mean(used))}, x_hat
+  return evaluate
+
+
+def _continuous_only(model, cfg):
+  lpips = lpips_fn("alexnet")
+  pixels = cfg.eval_size * cfg.eval_size
+
+  def evaluate(params, x, keep, side_bits):
+    cont = model.apply({"params": params}, x, None, False, True,
+                       method=hf.HybridFlow.continuous_stream)
+    x_hat = jnp.clip(cont["x_cont"], 0, 1)
+    bits = -jnp.sum(jnp.log2(cont["y_likelihood"]), axis=(1, 2, 3)) \
+        - jnp.sum(jnp.log2(cont["z_likelihood"]), axis=(1, 2, 3))
+    return {**_image_metrics(lpips, x_hat, x), "bpp_estimated": bits / pixels}, x_hat
+  return evaluate
+
+
+def _token_prediction(model, cfg):
+  lpips = lpips_fn("alexnet")
+
+  def evaluate(params, x, keep, side_bits):
+    enc = hf.encode(model, params, x, keep)
+    predict = lambda t, c: model.apply({"params": params}, t, c, method=hf.HybridFlow.predict_tokens)
+    tokens = decode_tokens(predict, enc["indices"], keep, enc["y_hat"], cfg.model.vq.num_codes,
+                           cfg.model.transformer.decode_steps)
+    hidden = (~keep).astype(jnp.float32)
+    right = jnp.sum((tokens == enc["indices"]) * hidden, axis=(1, 2))
+    x_hat = jnp.clip(model.apply({"params": params}, tokens, method=hf.HybridFlow.render_codebook),
+                     0, 1)
+    return {"token_acc": right / jnp.maximum(jnp.sum(hidden, axis=(1, 2)), 1.0),
+            **_image_metrics(lpips, x_hat, x), "keep_ratio": jnp.mean(keep, axis=(1, 2))}, x_hat
+  return evaluate
+
+
+def _hybrid(model, cfg):
   lpips = lpips_fn("alexnet")
   pixels = cfg.eval_size * cfg.eval_size
 
@@ -254,13 +333,18 @@ def hybrid_evaluation(model: hf.HybridFlow, cfg: ml_collections.ConfigDict):
     enc = hf.encode(model, params, x, keep)
     bits = hf.estimate_bits(enc, keep, cfg.model.vq.num_codes)
     x_hat, _ = hf.decode(model, params, enc["indices"], keep, enc["y_hat"])
-    mse = jnp.mean(jnp.square(x_hat - x), axis=(1, 2, 3))
-    return {"bpp_estimated": (bits["total"] + side_bits) / pixels,
-            "psnr": 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10)),
-            "lpips": lpips(x_hat, x),
+    return {"bpp_estimated": (bits["total"] + side_bits) / pixels, **_image_metrics(lpips, x_hat, x),
             "keep_ratio": jnp.mean(keep, axis=(1, 2))}, x_hat
-
   return evaluate
+
+
+CODEBOOK_ONLY = Evaluation("the pixel decoder G_vq on all true tokens", False, _codebook_only)
+CONTINUOUS_ONLY = Evaluation("the continuous stream's own head, with its rate", False,
+                             _continuous_only)
+TOKEN_PREDICTION = Evaluation("tokens predicted by the transformer (accuracy on the unsent ones) "
+                              "rendered by G_vq", True, _token_prediction)
+HYBRID = Evaluation("the hybrid codec: sent tokens, the transformer, the bridging decoder", True,
+                    _hybrid)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,23 +358,23 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           judged=Judged("x_vq", ("pixel_decoder", "conv_out", "kernel")),
           after_update=_codebook_maintenance,
           # G_vq only teaches the tokenizer; the bridge is its inference-time copy.
-          training_only=(("pixel_decoder",),), evaluation=hybrid_evaluation),
+          training_only=(("pixel_decoder",),), evaluation=CODEBOOK_ONLY),
     Stage("continuous", trains=("continuous",), needs=(),
           forward=_continuous_forward, loss=_continuous_loss,
           # The light synthesis head only serves to train this stream alone.
-          training_only=(("continuous", "synthesis_head"),), evaluation=hybrid_evaluation),
+          training_only=(("continuous", "synthesis_head"),), evaluation=CONTINUOUS_ONLY),
     Stage("transformer", trains=("transformer",), needs=("vq", "continuous"),
-          forward=_transformer_forward, loss=_transformer_loss, evaluation=hybrid_evaluation),
+          forward=_transformer_forward, loss=_transformer_loss, evaluation=TOKEN_PREDICTION),
     Stage("bridge", trains=("bridge",), needs=("vq", "continuous", "transformer"),
           forward=_bridge_forward, loss=_bridge_loss, judged=_BRIDGE_OUT, start=_bridge_start,
-          evaluation=hybrid_evaluation),
+          evaluation=HYBRID),
     # Joint fine-tuning leaves the tokenizer alone (moving it would change what every index means)
     # and the synthesis head, which only served to train the continuous stream alone.
     Stage("joint", trains=("continuous/analysis", "continuous/hyper_analysis",
                            "continuous/hyper_synthesis", "continuous/factorized_prior",
                            "transformer", "bridge"),
           needs=("vq", "continuous", "transformer", "bridge"),
-          forward=_joint_forward, loss=_joint_loss, judged=_BRIDGE_OUT, evaluation=hybrid_evaluation),
+          forward=_joint_forward, loss=_joint_loss, judged=_BRIDGE_OUT, evaluation=HYBRID),
 )}
 NAMES = tuple(STAGES)
 

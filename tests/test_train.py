@@ -19,7 +19,7 @@ from helpers import ONE_STAGE_STEPS as STEPS
 from helpers import run_env as _env
 from helpers import train_cmd as _cmd
 
-from hybridflow_jax import config_io
+from hybridflow_jax import config_io, schedules
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.train import checkpoint as ckpt_lib
 
@@ -44,11 +44,27 @@ def test_pipeline_runs_every_stage_and_each_learns(compile_cache, tiny_run):
     assert (tmp_path / stage / "DONE").exists()
     assert list((tmp_path / stage / "metrics").glob("events.out.tfevents.*"))
   results = json.loads((tmp_path / "results.json").read_text())["results"]
-  assert set(results) == {"1_4", "1_9", "1_16", "dynamic"}
+  assert set(results) == {*schedules.OPERATING_POINTS, "flat mean"}
   # (On the 4x4 token grid of a 64 px crop, 1_9 keeps 4 of 16 like 1_4.)
-  kept = {k: v["keep_ratio"] for k, v in results.items()}
+  kept = {k: results[k]["keep_ratio"] for k in schedules.OPERATING_POINTS}
   assert kept["1_16"] < kept["1_9"] <= kept["1_4"] and kept["dynamic"] <= 0.125
-  assert "PSNR" in r.stdout and "dynamic" in r.stdout
+  assert "PSNR" in r.stdout and "dynamic" in r.stdout and "flat mean" in r.stdout
+  # Each stage evaluated what it trains, next to the flat-mean-colour reference.
+  evals = {s: json.loads((tmp_path / s / "summary.json").read_text())["eval"]
+           for s in ("vq", "continuous", "transformer")}
+  assert set(evals["vq"]) == {"1_1", "flat mean"} and {"psnr", "codes_used"} <= set(evals["vq"]["1_1"])
+  assert {"psnr", "bpp_estimated"} <= set(evals["continuous"]["1_1"])
+  assert set(evals["transformer"]) == {*schedules.OPERATING_POINTS, "flat mean"}
+  assert 0 <= evals["transformer"]["1_16"]["token_acc"] <= 1
+  # The codebook learns from the start: k-means on the first batch moves it off its random init,
+  # and usage (read bias-corrected from zero) shows most codes in use, not a uniform placeholder.
+  cfg = config_io.load_config(TINY)
+  start = np.asarray(hf.init_params(hf.build_model(cfg), jax.random.PRNGKey(cfg.seed))
+                     ["quantizer"]["codebook"])
+  moved = np.abs(np.asarray(final_params(tmp_path, "vq")["quantizer"]["codebook"]) - start)
+  assert moved.mean() > 0.25 * np.abs(start).mean(), (moved.mean(), np.abs(start).mean())
+  vq_last = json.loads((tmp_path / "vq" / "summary.json").read_text())["history"][-1]
+  assert vq_last["codes_used"] >= 0.5 and 16 < vq_last["perplexity"] < 64, vq_last
   # Re-running the finished pipeline redoes nothing.
   again = train(compile_cache, tmp_path, *TINY_PIPELINE[1:])
   assert again.stdout.count("already finished") == 4

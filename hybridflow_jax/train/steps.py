@@ -35,7 +35,7 @@ class TrainState:
   disc_params: Any           # {} outside the GAN stages
   disc_opt_state: Any
   ema_params: Any            # {} when config.train.ema_decay == 0
-  code_usage: jax.Array      # [K] codeword frequencies (EMA), used by the vq stage
+  code_usage: jax.Array      # [K] codeword frequencies (EMA from zero), used by the vq stage
 
 
 def schedule(cfg: ml_collections.ConfigDict, steps: int, peak: float):
@@ -76,7 +76,8 @@ def init_state(cfg, params, stage: str, tx, disc_tx, rng: jax.Array) -> TrainSta
       step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
       disc_params=disc_params, disc_opt_state=disc_opt_state,
       ema_params=params if cfg.train.ema_decay > 0 else {},
-      code_usage=jnp.full((k,), 1.0 / k, jnp.float32))
+      # Zero, read bias-corrected (stages._codebook_maintenance): no code looks used before it is.
+      code_usage=jnp.zeros((k,), jnp.float32))
 
 
 def _get(tree, path):

@@ -242,20 +242,26 @@ def _inference_params(state: steps_lib.TrainState, cfg) -> Any:
 
 
 class Evaluator:
-  """Held-out evaluation of one program (`Stage.evaluation`) per operating point: its metrics
-  (estimated bpp, PSNR, LPIPS, ...) and original-vs-reconstruction images."""
+  """A stage's held-out evaluation (`Stage.evaluation`): its metrics per operating point (or once,
+  with every index kept), original-vs-reconstruction images, and a flat image of each photo's mean
+  colour as the reference line every table carries."""
 
-  def __init__(self, model, cfg, mesh, program):
+  FLAT = "flat mean"
+
+  def __init__(self, model, cfg, mesh, evaluation: stages.Evaluation):
     names, images = pipeline.eval_images(cfg.data.eval, cfg.eval_size, cfg.data.eval_limit)
     if not names:
       raise ValueError(f"config.data.eval={cfg.data.eval!r} holds no readable image")
     self.names, self.images = names, jax.device_put(images, shard_lib.replicated(mesh))
     # The operating points' keep-maps depend only on the images: computed once.
+    points = schedules.OPERATING_POINTS if evaluation.per_point else ("1_1",)
     self.points = {}
-    for name in schedules.OPERATING_POINTS:
+    for name in points:
       keep, side_bits = hf.keep_maps(self.images, name, cfg.model.masking)
       self.points[name] = (keep, jnp.asarray(np.full(len(names), side_bits), jnp.float32))
-    self.fn = jax.jit(program(model, cfg))
+    flat = np.broadcast_to(images.mean(axis=(1, 2), keepdims=True), images.shape)
+    self.flat_psnr = float(np.mean(stages.psnr(jnp.asarray(flat), jnp.asarray(images))))
+    self.fn = jax.jit(evaluation.build(model, cfg))
 
   def run(self, params, writer: MetricWriter, step: int) -> dict:
     table = {}
@@ -266,14 +272,26 @@ class Evaluator:
       writer.write_scalars(step, {f"eval/{name}/{k}": v for k, v in table[name].items()})
       strip = np.concatenate([np.asarray(self.images[:2]), np.asarray(recon[:2])], axis=2)
       writer.write_images(step, {f"eval/{name}/original_vs_reconstruction": strip})
+    table[self.FLAT] = {"psnr": self.flat_psnr}
+    writer.write_scalars(step, {"eval/flat_mean_psnr": self.flat_psnr})
     writer.flush()
     return table
 
+
+# Table columns, in order, with their headings and formats; a stage's table shows those it has.
+_COLUMNS = (("keep_ratio", "kept", "{:6.3f}"), ("bpp_estimated", "bpp (est.)", "{:10.4f}"),
+            ("token_acc", "token acc", "{:9.3f}"), ("psnr", "PSNR (dB)", "{:9.2f}"),
+            ("lpips", "LPIPS", "{:7.4f}"), ("codes_used", "codes used", "{:10.3f}"))
+
+
 def format_table(results: dict) -> str:
-  lines = [f"{'schedule':<9s} {'kept':>6s} {'bpp (est.)':>11s} {'PSNR (dB)':>10s} {'LPIPS':>7s}"]
+  keys = {k for r in results.values() for k in r}
+  columns = [c for c in _COLUMNS if c[0] in keys]
+  width = lambda fmt: len(fmt.format(0.0))
+  lines = [f"{'point':<10s}" + " ".join(f"{head:>{width(fmt)}s}" for _, head, fmt in columns)]
   for name, r in results.items():
-    lines.append(f"{name:<9s} {r['keep_ratio']:6.3f} {r['bpp_estimated']:11.4f} "
-                 f"{r['psnr']:10.2f} {r['lpips']:7.4f}")
+    cells = [fmt.format(r[k]) if k in r else " " * width(fmt) for k, _, fmt in columns]
+    lines.append(f"{name:<10s}" + " ".join(cells))
   return "\n".join(lines)
 
 
@@ -296,7 +314,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path,
         continue
       result = train_stage(run, stage, sigterm)
   if result:
-    log(f"\nheld-out images ({cfg.data.eval}), center {cfg.eval_size} px crops, estimated rate:")
+    last = stages.STAGES[stages.stage_list(cfg)[-1]].evaluation
+    log(f"\nheld-out images ({cfg.data.eval}), center {cfg.eval_size} px crops: {last.name}; "
+        "estimated rate:")
     log(format_table(result))
     ckpt_lib.write_json(rundir.results, {
         "config": cfg.stage, "eval_data": cfg.data.eval, "eval_size": cfg.eval_size,
