@@ -20,12 +20,16 @@ def get_config():
   c.model.bridge.fusion_hidden = 32
   c.model.masking.region = 4
   c.model.discriminator.update(channels=32, layers=3)
-  c.losses.gan_start = 80               # the last third of the vq stage trains with the GAN
+  # No GAN in a CPU-sized run: with it from step 80 the discriminator won within 20 steps and L1
+  # rose; without it and with LPIPS at 0.1 (fidelity first) the tokenizer reaches 15.3 dB on the
+  # held-out crops against 11.7 dB for a flat image (it stayed below that before; docs/results.md).
+  c.losses.gan_start = 100_000
+  c.losses.lpips_weight = 0.1
   c.train.batch_size = 8
-  c.train.learning_rate = 3e-4
+  c.train.learning_rate = 1e-3          # the rate those figures were measured with (ours)
   c.train.warmup_steps = 10
   c.train.dead_code_every = 40
-  c.train.steps.update(vq=120, continuous=100, transformer=150, bridge=60, joint=0)
+  c.train.steps.update(vq=300, continuous=100, transformer=150, bridge=60, joint=0)
   # The hyperprior needs 256 px crops to learn scales that hold on full-size photos.
   c.train.crop_size.continuous = 256
   c.losses.rate_lambda = 1e-3           # rate and distortion of the continuous stream both count
