@@ -238,17 +238,17 @@ def _codebook_maintenance(params, usage, out, rng, cfg, step):
         lambda: codebook)
   decay = cfg.train.code_usage_decay
   usage = update_code_usage(usage, out["code_counts"], decay)
-  corrected = lambda u: u / (1.0 - decay ** (step.astype(jnp.float32) + 1.0))
+  bias = 1.0 - decay ** (step.astype(jnp.float32) + 1.0)  # the EMA's weight so far
   k = cfg.model.vq.num_codes
   threshold = 1.0 / (10.0 * k)
   if cfg.train.dead_code_every:
     due = (step + 1) % cfg.train.dead_code_every == 0
-    fresh, dead = restart_dead_codes(codebook, corrected(usage), latents, k_restart, threshold)
+    fresh, dead = restart_dead_codes(codebook, usage / bias, latents, k_restart, threshold)
     codebook = jnp.where(due, fresh, codebook)
     # A restarted code starts as if used at the uniform rate (in the EMA's raw units).
-    usage = jnp.where(due & dead, (1.0 - decay ** (step.astype(jnp.float32) + 1.0)) / k, usage)
+    usage = jnp.where(due & dead, bias / k, usage)
   params["quantizer"]["codebook"] = codebook
-  freq = corrected(usage)
+  freq = usage / bias
   freq = freq / jnp.maximum(jnp.sum(freq), 1e-12)
   metrics = {"dead_codes": jnp.sum(freq < threshold),
              "codes_used": jnp.mean(freq >= threshold),
