@@ -1,5 +1,6 @@
 # Two commands set everything up on a fresh clone (Python >= 3.11, make, bash):
-#   make demo   - create .venv, install, train the whole pipeline on the bundled photos, report results
+#   make demo   - create .venv, install, train the whole pipeline on the bundled photos, then the
+#                 ablation on the held-out photos: runs/demo/ablation/ (table, figure, panel.png)
 #   make test   - create .venv, install with test extras, run lint and the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -20,6 +21,8 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/hybridflow train --config configs/demo.py --workdir $(WORKDIR)
+	$(BIN)/hybridflow ablate --workdir $(WORKDIR) --data demo=demo:heldout --out $(WORKDIR)/ablation \
+	    --prior-images 50 --force
 
 lint: install
 	$(BIN)/ruff check hybridflow_jax tests configs benchmarks

@@ -1,7 +1,7 @@
 """hybridflow-jax: HybridFlow, a learned image codec for extreme low bitrates, in JAX/Flax.
 
     from hybridflow_jax import Codec
-    codec = Codec.load("model/")     # a bundle written by `hybridflow export`
+    codec = Codec.load("model/")     # a bundle written by `hybridflow export`, or a shipped name
 """
 
 __version__ = "0.1.0"

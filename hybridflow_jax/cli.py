@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from hybridflow_jax import schedules
+from hybridflow_jax import pretrained, schedules
 from hybridflow_jax.errors import UserError, fail
 
 MAX_DEVICES = 4096
@@ -49,10 +49,26 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 def _add_codec_file_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("input")
   p.add_argument("output")
-  p.add_argument("--model", required=True, help="a bundle written by hybridflow export")
+  p.add_argument("--model", default=None, metavar="NAME|PATH",
+                 help="a bundle directory written by hybridflow export, or the name of a model "
+                      f"shipped with hybridflow-jax (default: {pretrained.DEFAULT}, the shipped "
+                      "reference model)")
   p.add_argument("--max-pixels", "--max_pixels", dest="max_pixels", type=int, default=None,
                  help="refuse larger images (default 2**24, 4096x4096)")
   p.add_argument("--force", action="store_true", help="replace an existing output")
+
+
+def _add_data_flags(p: argparse.ArgumentParser, out_help: str, force_help: str) -> None:
+  """--data NAME=SOURCE (repeatable), --out, --limit, --prior-images and --force, as `eval` and
+  `ablate` take them."""
+  p.add_argument("--data", action="append", required=True, metavar="NAME=SOURCE",
+                 help="a data set: a folder of images, tfds:BUILDER/SPLIT[@DIR] or demo:SPLIT "
+                      "(repeat for several)")
+  p.add_argument("--out", required=True, help=out_help)
+  p.add_argument("--limit", type=int, default=None, help="at most this many images per data set")
+  p.add_argument("--prior-images", "--prior_images", dest="prior_images", type=int, default=1000,
+                 help="with --workdir: images for the codeword prior (default 1000)")
+  p.add_argument("--force", action="store_true", help=force_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,39 +102,49 @@ def build_parser() -> argparse.ArgumentParser:
                  help="at most this many images for the codeword counts (default 1000)")
   p.add_argument("--force", action="store_true", help="replace an existing bundle")
 
-  p = command("compress", "compress an image into a HybridFlow file (IN OUT --model MODEL_DIR)")
+  p = command("compress", "compress an image into a HybridFlow file (IN OUT [--model NAME|PATH])")
   _add_codec_file_flags(p)
   p.add_argument("--schedule", default=None,
                  help=f"{', '.join(schedules.ALL)} (default {schedules.DEFAULT})")
   p.add_argument("--target-bpp", "--target_bpp", dest="target_bpp", type=float, default=None,
                  help="densest schedule (or, with --schedule dynamic, dynamic budget) that fits")
 
-  p = command("decompress", "decompress a HybridFlow file into an image (IN OUT --model "
-              "MODEL_DIR)")
+  p = command("decompress", "decompress a HybridFlow file into an image (IN OUT [--model "
+              "NAME|PATH])")
   _add_codec_file_flags(p)
 
+  p = command("ablate", "the paper's claims on held-out photos with real files: hybrid per "
+              "schedule, codebook-only, y_hat zeroed, continuous-only, AVIF (--workdir RUN --data "
+              "NAME=SOURCE --out DIR)")
+  p.add_argument("--workdir", required=True, help="a finished training run")
+  p.add_argument("--baseline-workdir", "--baseline_workdir", dest="baseline_workdir", default=None,
+                 help="the run whose finished `baseline` stage is the continuous-only codec "
+                      "(default: --workdir)")
+  _add_data_flags(p, "directory for ablation.json/.md/.png and panel.png",
+                  "replace earlier ablation results in --out")
+  p.add_argument("--schedules", default=",".join(("1_4", "1_9", "1_16", "dynamic")),
+                 help="hybrid operating points, comma-separated; must include 1_4 "
+                      "(default 1_4,1_9,1_16,dynamic)")
+  p.add_argument("--no-avif", dest="avif", action="store_false", help="leave out the AVIF row")
+
   p = command("eval", "evaluate a model on image sets: real files, PSNR, MS-SSIM, LPIPS, "
-              "baselines, plots (--model MODEL_DIR --data NAME=SOURCE --out DIR)")
+              "baselines, plots (--model NAME|PATH --data NAME=SOURCE --out DIR)")
   src = p.add_mutually_exclusive_group(required=True)
-  src.add_argument("--model", help="a bundle written by hybridflow export")
+  src.add_argument("--model", metavar="NAME|PATH",
+                   help="a bundle directory written by hybridflow export, or the name of a model "
+                        f"shipped with hybridflow-jax (e.g. {pretrained.DEFAULT})")
   src.add_argument("--workdir", help="a finished training run (its bundle is built in memory)")
-  p.add_argument("--data", action="append", required=True, metavar="NAME=SOURCE",
-                 help="a data set: a folder of images, tfds:BUILDER/SPLIT[@DIR] or demo:SPLIT "
-                      "(repeat for several)")
-  p.add_argument("--out", required=True, help="results directory (one subdirectory per data set)")
+  _add_data_flags(p, "results directory (one subdirectory per data set)",
+                  "replace existing results of a data set")
   points = ",".join(schedules.OPERATING_POINTS)
   p.add_argument("--schedules", default=points,
                  help=f"operating points, comma-separated (default {points})")
   p.add_argument("--baselines", default=None,
                  help="comma-separated subset of jpeg,webp,avif, or 'none' (default: all available)")
-  p.add_argument("--limit", type=int, default=None, help="at most this many images per data set")
   p.add_argument("--references", default=None,
                  help="folder of published curves, <dataset>/*.json (default: the curves "
                       "installed with hybridflow-jax, for kodak and clic2020)")
-  p.add_argument("--prior-images", "--prior_images", dest="prior_images", type=int, default=1000,
-                 help="with --workdir: images for the codeword prior (default 1000)")
   p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-  p.add_argument("--force", action="store_true", help="replace existing results of a data set")
 
   p = command("plan", "compile a config's update steps ahead of time for N devices: params, "
               "FLOPs, memory (--config C --devices N [--hbm-gib G])")

@@ -24,6 +24,8 @@ def overview(cfg: ml_collections.ConfigDict, details: bool = False) -> str:
   disc = jax.eval_shape(
       lambda r, x: PatchDiscriminator(d.channels, d.layers).init(r, x)["params"],
       jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jax.numpy.float32))
+  # The ablation's continuous-only codec is a separate model: counted apart from HybridFlow.
+  comparator = {"baseline": shapes.pop("baseline")}
   rows = [(name, _count(tree)) for name, tree in shapes.items()]
   rows += [(f"continuous/{k}", _count(v)) for k, v in shapes["continuous"].items()]
   total = _count(shapes)
@@ -33,7 +35,8 @@ def overview(cfg: ml_collections.ConfigDict, details: bool = False) -> str:
   lines += [f"{'component':<32s} {'parameters':>14s}", "-" * 47]
   lines += [f"{name:<32s} {n:>14,d}" for name, n in rows]
   lines += ["-" * 47, f"{'HybridFlow total':<32s} {total:>14,d}",
-            f"{'discriminator (training only)':<32s} {_count(disc):>14,d}"]
+            f"{'discriminator (training only)':<32s} {_count(disc):>14,d}",
+            f"{'baseline (ablation, not HybridFlow)':<32s} {_count(comparator):>14,d}"]
   vq = cfg.model.vq
   lines += ["", f"codebook K={vq.num_codes} x D={vq.embed_dim}, token stride {hf.STRIDE}, "
                 f"transformer {cfg.model.transformer.depth} x {cfg.model.transformer.dim}"]

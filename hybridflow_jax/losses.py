@@ -28,6 +28,19 @@ def rate_bpp(y_likelihood: jax.Array, z_likelihood: jax.Array, num_pixels: int) 
   return (bits(y_likelihood) + bits(z_likelihood)) / (batch * num_pixels)
 
 
+def rate_distortion(bpp: jax.Array, mse_01: jax.Array, lam: float, target: float,
+                    over_weight: float) -> jax.Array:
+  """The rate-distortion objective every stage with a rate uses: w * bpp + lam * 255^2 * MSE.
+
+  MSE is measured on [0, 1] and scaled to the 0-255 range, as in CompressAI's loss. `w` is 1 while
+  the batch's rate is at or under `target` bpp and `over_weight` above it (HiFiC's rate
+  targeting, Mentzer et al. 2020, sec. 3.2), so a run lands near a chosen rate without a sweep
+  over lam. target <= 0 switches the targeting off (w = 1).
+  """
+  w = jnp.where((target > 0) & (bpp > target), over_weight, 1.0)
+  return jax.lax.stop_gradient(w) * bpp + lam * 255.0 ** 2 * mse_01
+
+
 def masked_cross_entropy(logits: jax.Array, targets: jax.Array, visible: jax.Array):
   """Mean cross-entropy over the positions the transformer could not see, and their accuracy."""
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)

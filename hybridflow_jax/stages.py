@@ -24,7 +24,7 @@ import ml_collections
 from hybridflow_jax import losses
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.models.bridge import init_bridge_from_pixel_decoder
-from hybridflow_jax.models.entropy import quantize
+from hybridflow_jax.models.entropy import bits, quantize
 from hybridflow_jax.models.transformer import decode_tokens, sample_sent_maps, training_mask
 from hybridflow_jax.models.vq import kmeans_codebook, restart_dead_codes, update_code_usage
 from hybridflow_jax.perceptual import lpips_fn
@@ -54,6 +54,7 @@ class Stage:
   after_update: Callable[..., tuple[Any, jax.Array, Metrics]] | None = None
   training_only: tuple[tuple[str, ...], ...] = ()  # params inference never uses (export drops)
   evaluation: Evaluation | None = None  # the held-out evaluation during and at the end
+  part_of_codec: bool = True      # False: a comparator (`baseline`) that export ignores
 
 
 def trainable(params, stage: str):
@@ -130,6 +131,12 @@ def _continuous_forward(model, params, x, rng):
   return model.apply(p, x, k_cont, True, True, method=hf.HybridFlow.continuous_stream)
 
 
+def _baseline_forward(model, params, x, rng):
+  k_cont, *_ = _keys(rng)
+  p = _frozen_apart_from(params, "baseline")
+  return model.apply(p, x, k_cont, True, method=hf.HybridFlow.continuous_baseline)
+
+
 def _transformer_forward(model, params, x, rng):
   _, k_mask, _, k_drop = _keys(rng)
   p = _frozen_apart_from(params, "transformer")
@@ -170,14 +177,28 @@ def _vq_loss(out, x, cfg):
   return m["loss"], m
 
 
-def _rate(out, x) -> jax.Array:
-  return losses.rate_bpp(out["y_likelihood"], out["z_likelihood"], x.shape[1] * x.shape[2])
+def _rate_terms(out, x) -> Metrics:
+  """bpp of y_hat and z_hat (the training proxy) and their sum."""
+  pixels = x.shape[0] * x.shape[1] * x.shape[2]
+  m = {"bpp_y": bits(out["y_likelihood"]) / pixels, "bpp_z": bits(out["z_likelihood"]) / pixels}
+  m["bpp"] = m["bpp_y"] + m["bpp_z"]
+  return m
+
+
+def _rd(m: Metrics, distortion_mse: jax.Array, cfg, target: float) -> jax.Array:
+  return losses.rate_distortion(m["bpp"], distortion_mse, cfg.rate_lambda, target,
+                                cfg.rate_over_weight)
 
 
 def _continuous_loss(out, x, cfg):
-  m = {"bpp": _rate(out, x), "mse": losses.mse(out["x_cont"], x)}
-  # lambda scales MSE measured on the 0-255 scale, as in CompressAI's rate-distortion loss.
-  m["loss"] = m["bpp"] + cfg.rate_lambda * 255.0 ** 2 * m["mse"]
+  m = {**_rate_terms(out, x), "mse": losses.mse(out["x_cont"], x)}
+  m["loss"] = _rd(m, m["mse"], cfg, cfg.rate_target)
+  return m["loss"], m
+
+
+def _baseline_loss(out, x, cfg):
+  m = {**_rate_terms(out, x), "mse": losses.mse(out["x_base"], x)}
+  m["loss"] = _rd(m, m["mse"], cfg, cfg.baseline_rate_target)
   return m["loss"], m
 
 
@@ -193,14 +214,15 @@ def _transformer_loss(out, x, cfg):
 
 
 def _bridge_loss(out, x, cfg):
+  # The distortion side of the rate-distortion convention (lambda * 255^2 * MSE); no rate here.
   m = {"mse": losses.mse(out["x_hat"], x)}
-  m["loss"] = cfg.mse_weight * m["mse"]
+  m["loss"] = cfg.rate_lambda * 255.0 ** 2 * m["mse"]
   return m["loss"], m
 
 
 def _joint_loss(out, x, cfg):
-  m = {"bpp": _rate(out, x), **_token_terms(out), "mse": losses.mse(out["x_hat"], x)}
-  m["loss"] = m["bpp"] + m["token_ce"] + cfg.mse_weight * m["mse"]
+  m = {**_rate_terms(out, x), **_token_terms(out), "mse": losses.mse(out["x_hat"], x)}
+  m["loss"] = _rd(m, m["mse"], cfg, cfg.rate_target) + m["token_ce"]
   return m["loss"], m
 
 
@@ -294,18 +316,31 @@ def _codebook_only(model, cfg):
   return evaluate
 
 
-def _continuous_only(model, cfg):
-  lpips = lpips_fn("alexnet")
-  pixels = cfg.eval_size * cfg.eval_size
+def _rate_split(enc, pixels) -> Metrics:
+  """Per-image estimated bpp of y_hat and z_hat from a forward's likelihoods."""
+  return {"bpp_y": -jnp.sum(jnp.log2(enc["y_likelihood"]), axis=(1, 2, 3)) / pixels,
+          "bpp_z": -jnp.sum(jnp.log2(enc["z_likelihood"]), axis=(1, 2, 3)) / pixels}
 
-  def evaluate(params, x, keep, side_bits):
-    cont = model.apply({"params": params}, x, None, False, True,
-                       method=hf.HybridFlow.continuous_stream)
-    x_hat = jnp.clip(cont["x_cont"], 0, 1)
-    bits = -jnp.sum(jnp.log2(cont["y_likelihood"]), axis=(1, 2, 3)) \
-        - jnp.sum(jnp.log2(cont["z_likelihood"]), axis=(1, 2, 3))
-    return {**_image_metrics(lpips, x_hat, x), "bpp_estimated": bits / pixels}, x_hat
-  return evaluate
+
+def _continuous_codec(method, output):
+  """The evaluation of a continuous codec's own reconstruction `output` and its rate."""
+  def build(model, cfg):
+    lpips = lpips_fn("alexnet")
+    pixels = cfg.eval_size * cfg.eval_size
+
+    def evaluate(params, x, keep, side_bits):
+      out = model.apply({"params": params}, x, None, False, method=method)
+      x_hat = jnp.clip(out[output], 0, 1)
+      rate = _rate_split(out, pixels)
+      return {**_image_metrics(lpips, x_hat, x), "bpp_estimated": rate["bpp_y"] + rate["bpp_z"],
+              **rate}, x_hat
+    return evaluate
+  return build
+
+
+def _head(module, x, rng, train):
+  """The continuous stream with its light synthesis head (a flax method: `module` is bound)."""
+  return module.continuous_stream(x, rng, train, True)
 
 
 def _token_prediction(model, cfg):
@@ -331,16 +366,19 @@ def _hybrid(model, cfg):
 
   def evaluate(params, x, keep, side_bits):
     enc = hf.encode(model, params, x, keep)
-    bits = hf.estimate_bits(enc, keep, cfg.model.vq.num_codes)
+    bits = hf.estimate_bits(enc, keep, cfg.model.vq.num_codes, side_bits=side_bits)
     x_hat, _ = hf.decode(model, params, enc["indices"], keep, enc["y_hat"])
-    return {"bpp_estimated": (bits["total"] + side_bits) / pixels, **_image_metrics(lpips, x_hat, x),
-            "keep_ratio": jnp.mean(keep, axis=(1, 2))}, x_hat
+    return {"bpp_estimated": bits["total"] / pixels, **_image_metrics(lpips, x_hat, x),
+            "keep_ratio": jnp.mean(keep, axis=(1, 2)),
+            **{f"bpp_{k}": bits[k] / pixels for k in ("indices", "y", "z", "side")}}, x_hat
   return evaluate
 
 
 CODEBOOK_ONLY = Evaluation("the pixel decoder G_vq on all true tokens", False, _codebook_only)
 CONTINUOUS_ONLY = Evaluation("the continuous stream's own head, with its rate", False,
-                             _continuous_only)
+                             _continuous_codec(_head, "x_cont"))
+BASELINE = Evaluation("the continuous-only codec (full synthesis transform), with its rate", False,
+                      _continuous_codec(hf.HybridFlow.continuous_baseline, "x_base"))
 TOKEN_PREDICTION = Evaluation("tokens predicted by the transformer (accuracy on the unsent ones) "
                               "rendered by G_vq", True, _token_prediction)
 HYBRID = Evaluation("the hybrid codec: sent tokens, the transformer, the bridging decoder", True,
@@ -375,6 +413,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                            "transformer", "bridge"),
           needs=("vq", "continuous", "transformer", "bridge"),
           forward=_joint_forward, loss=_joint_loss, judged=_BRIDGE_OUT, evaluation=HYBRID),
+    # The ablation's continuous-only codec: not part of HybridFlow, never exported with it.
+    Stage("baseline", trains=("baseline",), needs=(), forward=_baseline_forward,
+          loss=_baseline_loss, judged=Judged("x_base", ("baseline", "synthesis", "conv_out", "kernel")),
+          training_only=(("baseline",),), evaluation=BASELINE, part_of_codec=False),
 )}
 NAMES = tuple(STAGES)
 
@@ -390,6 +432,11 @@ def stage_list(cfg: ml_collections.ConfigDict) -> list[str]:
   if cfg.stage == "pipeline":
     return [s for s in NAMES if cfg.train.steps[s] > 0]
   return [cfg.stage]
+
+
+def codec_stages(cfg: ml_collections.ConfigDict) -> list[str]:
+  """The stages of `stage_list` that make the codec (what export and eval load), in order."""
+  return [s for s in stage_list(cfg) if STAGES[s].part_of_codec]
 
 
 def training_only_paths() -> tuple[tuple[str, ...], ...]:

@@ -39,6 +39,15 @@ def bundle_dir(tiny_run, compile_cache, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def untrained_bundle(tiny_config, tiny_params, tmp_path_factory):
+  """The untrained tiny params exported as a bundle (no training): a second model, cheaply."""
+  from hybridflow_jax.train import export
+  out = tmp_path_factory.mktemp("untrained") / "untrained"
+  export.export_params(tiny_config, tiny_params, out, prior_images=1, log=lambda _: None)
+  return out
+
+
+@pytest.fixture(scope="session")
 def tiny_config():
   return config_io.load_config(ROOT / "configs" / "tiny.py")
 

@@ -13,6 +13,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from hybridflow_jax import config_io
+from hybridflow_jax.codec import bundle
 from hybridflow_jax.errors import UserError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -152,19 +153,28 @@ def test_plan_sets_the_device_count_before_jax_starts():
 # The wheel, installed into a fresh virtual environment, without the source tree.
 
 
-def test_installed_wheel_runs_eval_help_and_reads_its_reference_curves(tmp_path):
+def test_installed_wheel_runs_eval_help_and_reads_its_package_data(tmp_path):
   src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info next to pyproject.toml
   src.mkdir()
   for name in ("pyproject.toml", "README.md"):
     shutil.copy(ROOT / name, src / name)
   shutil.copytree(ROOT / "hybridflow_jax", src / "hybridflow_jax",
                   ignore=shutil.ignore_patterns("__pycache__"))
+  # A stand-in shipped model: packaging goes by file names, so empty files show what a bundle gets.
+  probe = src / "hybridflow_jax" / "pretrained" / "probe"
+  probe.mkdir()
+  for name in bundle.FILES:
+    (probe / name).touch()
+  (src / "hybridflow_jax" / "pretrained" / "__pycache__").mkdir()
+  (src / "hybridflow_jax" / "pretrained" / "__pycache__" / "__init__.cpython-311.pyc").touch()
   run = lambda *cmd, **kw: subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
   r = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "dist", src)
   assert r.returncode == 0, r.stderr[-3000:]
   (wheel,) = (tmp_path / "dist").glob("hybridflow_jax-*.whl")
   names = zipfile.ZipFile(wheel).namelist()
   assert "hybridflow_jax/evaluation/reference_curves/kodak/vtm.compressai.json" in names
+  assert {f"hybridflow_jax/pretrained/probe/{name}" for name in bundle.FILES} <= set(names)
+  assert not any("__pycache__" in n for n in names)
 
   # The dependencies come from this environment's site-packages through a .pth path line (the
   # editable install of the source tree there is a .pth of its own, which a path line does not run).
@@ -180,9 +190,11 @@ def test_installed_wheel_runs_eval_help_and_reads_its_reference_curves(tmp_path)
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   r = run(venv / "bin" / "hybridflow", "eval", "--help", cwd=tmp_path, env=env)
   assert r.returncode == 0 and "usage: hybridflow eval" in r.stdout, r.stderr[-3000:]
-  probe = ("import hybridflow_jax; from hybridflow_jax.evaluation import references; "
-           "print(hybridflow_jax.__file__); print(len(references.reference_curves('kodak')))")
+  probe = ("import hybridflow_jax; from hybridflow_jax import pretrained; "
+           "from hybridflow_jax.evaluation import references; print(hybridflow_jax.__file__); "
+           "print(len(references.reference_curves('kodak'))); print(pretrained.resolve('probe'))")
   r = run(venv / "bin" / "python", "-c", probe, cwd=tmp_path, env=env)
   assert r.returncode == 0, r.stderr[-3000:]
-  package_file, curves = r.stdout.split()
+  package_file, curves, shipped = r.stdout.split()
   assert pathlib.Path(package_file).is_relative_to(site) and int(curves) >= 5
+  assert pathlib.Path(shipped) == site / "hybridflow_jax" / "pretrained" / "probe"

@@ -32,7 +32,6 @@ from hybridflow_jax.codec.coder import CodecError
 from hybridflow_jax.codec.container import FormatError
 from hybridflow_jax.data import demo
 from hybridflow_jax.models import hybridflow as hf
-from hybridflow_jax.train import export
 
 CROP = (256, 384)  # every demo photo is at least 300 x 451
 
@@ -40,14 +39,6 @@ CROP = (256, 384)  # every demo photo is at least 300 x 451
 @pytest.fixture(scope="session")
 def codec(bundle_dir):
   return Codec.load(bundle_dir[0])
-
-
-@pytest.fixture(scope="session")
-def other_bundle(tiny_config, tiny_params, tmp_path_factory):
-  """A bundle of a different model (the untrained params): files of one must not decode in the other."""
-  out = tmp_path_factory.mktemp("other") / "untrained"
-  export.export_params(tiny_config, tiny_params, out, prior_images=1, log=lambda _: None)
-  return out
 
 
 @pytest.fixture(scope="session")
@@ -306,8 +297,9 @@ def _bad_inputs(good_file, other_codec, photos):
 
 
 def test_bad_files_give_one_line_a_nonzero_exit_and_no_output_fast(
-    bundle_dir, other_bundle, good_file, photos, tmp_path):
-  other = Codec.load(other_bundle)
+    bundle_dir, untrained_bundle, good_file, photos, tmp_path):
+  # Another model: its files must not decode with the tiny run's.
+  other = Codec.load(untrained_bundle)
   for case, (data, message) in _bad_inputs(good_file, other, photos).items():
     src, out = tmp_path / f"{case}.hfc", tmp_path / f"{case}.png"
     src.write_bytes(data)
@@ -321,8 +313,8 @@ def test_bad_files_give_one_line_a_nonzero_exit_and_no_output_fast(
     assert elapsed < 1.0, (case, elapsed)
 
 
-def test_the_api_raises_one_line_errors_for_bad_files(codec, other_bundle, good_file, photos):
-  other = Codec.load(other_bundle)
+def test_the_api_raises_one_line_errors_for_bad_files(codec, untrained_bundle, good_file, photos):
+  other = Codec.load(untrained_bundle)
   for case, (data, _) in _bad_inputs(good_file, other, photos).items():
     with pytest.raises((CodecError, FormatError)) as e:
       codec.decompress(data)

@@ -1,7 +1,7 @@
 """`Codec`: compress images into HybridFlow files and decompress them, from an exported bundle.
 
     from hybridflow_jax import Codec
-    codec = Codec.load("model/")
+    codec = Codec.load("small")                       # a shipped model's name, or a bundle dir
     data = codec.compress(image, schedule="1_4")      # or target_bpp=0.03
     image = codec.decompress(data)                     # uint8 [H, W, 3]
 
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hybridflow_jax import schedules
+from hybridflow_jax import pretrained, schedules
 from hybridflow_jax.codec import bundle as bundle_lib
 from hybridflow_jax.codec import container, entropy_parameters, files, image_input, rate_control
 from hybridflow_jax.codec.coder import CodecError
@@ -74,9 +74,10 @@ class Codec:
         candidates=tuple(mcfg.masking.schedules), entropy_parameters=self.entropy_parameters)
 
   @classmethod
-  def load(cls, path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Codec:
-    """Loads (and verifies) the bundle `hybridflow export` wrote at `path`."""
-    return cls(bundle_lib.read(path), max_pixels=max_pixels)
+  def load(cls, model: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Codec:
+    """Loads (and verifies) a bundle `hybridflow export` wrote: a directory, or the name of a model
+    shipped with the package (`pretrained`, e.g. "small")."""
+    return cls(bundle_lib.read(pretrained.resolve(model)), max_pixels=max_pixels)
 
   def __repr__(self) -> str:
     return (f"Codec(fingerprint={self.fingerprint.hex()}, K={self.num_codes}, "

@@ -1,4 +1,7 @@
-"""`hybridflow compress IN OUT --model MODEL_DIR [--schedule S | --target-bpp X]`: one file."""
+"""`hybridflow compress IN OUT [--model NAME|PATH] [--schedule S | --target-bpp X]`: one file.
+
+Without --model, the shipped reference model (`pretrained.DEFAULT`).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from hybridflow_jax.errors import UserError, reported_as_user_errors
 
 def run(ns) -> None:
   out = files.check_output(ns.output, ns.force)
+  model = files.model_dir(ns.model)
   data = files.read_input(ns.input)
   limit = ns.max_pixels or DEFAULT_MAX_PIXELS
   _check_pixels(ns.input, data, limit)
@@ -29,7 +33,7 @@ def run(ns) -> None:
   for note in notes:
     print(f"hybridflow compress: note: {note}", file=sys.stderr)
   with reported_as_user_errors(BundleError):
-    codec = Codec.load(ns.model, max_pixels=limit)
+    codec = Codec.load(model, max_pixels=limit)
   with reported_as_user_errors(CodecError, ValueError), warnings.catch_warnings():
     warnings.simplefilter("ignore", ConversionNotice)  # the notes above covered conversions
     result = codec.compress_detailed(image, schedule=ns.schedule, target_bpp=ns.target_bpp)

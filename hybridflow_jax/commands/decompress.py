@@ -1,4 +1,6 @@
-"""`hybridflow decompress IN OUT --model MODEL_DIR`: a HybridFlow file -> a lossless image.
+"""`hybridflow decompress IN OUT [--model NAME|PATH]`: a HybridFlow file -> a lossless image.
+
+Without --model, the shipped reference model (`pretrained.DEFAULT`).
 
 The file is checked (magic, version, checksum, model fingerprint) before jax is imported, so a wrong
 file is refused in a fraction of a second.
@@ -28,26 +30,27 @@ def run(ns) -> None:
   fmt = OUTPUT_FORMATS.get(out.suffix.lower())
   if fmt is None:
     raise UserError(f"{out}: write a lossless image ({', '.join(OUTPUT_FORMATS)})")
+  model = files.model_dir(ns.model)
   data = files.read_input(ns.input)
   for signature, what in _SIGNATURES.items():
     if data.startswith(signature):
       raise UserError(f"{ns.input} is {what}, not a HybridFlow file (compress it first)")
   with reported_as_user_errors(container.FormatError, prefix=f"{ns.input}: "):
-    container.unpack(data, expected_fingerprint=_bundle_fingerprint(ns.model))
+    container.unpack(data, expected_fingerprint=_bundle_fingerprint(model))
   # The one deferred import of the command line: the file is sound and made by this model, so
   # now (and only now) load jax and the codec.
   from hybridflow_jax.codec.api import DEFAULT_MAX_PIXELS, Codec
   with reported_as_user_errors(BundleError):
-    codec = Codec.load(ns.model, max_pixels=ns.max_pixels or DEFAULT_MAX_PIXELS)
+    codec = Codec.load(model, max_pixels=ns.max_pixels or DEFAULT_MAX_PIXELS)
   with reported_as_user_errors(CodecError, container.FormatError, prefix=f"{ns.input}: "):
     image = codec.decompress(data)
   files.write_atomically(out, lambda p: Image.fromarray(image).save(p, format=fmt))
   print(json.dumps({"output": str(out), "width": image.shape[1], "height": image.shape[0]}))
 
 
-def _bundle_fingerprint(model_dir: str) -> bytes:
+def _bundle_fingerprint(model_dir: pathlib.Path) -> bytes:
   """The file fingerprint of the bundle at `model_dir`, from its manifest alone (no jax)."""
-  manifest = pathlib.Path(model_dir) / "manifest.json"
+  manifest = model_dir / "manifest.json"
   if not manifest.is_file():
     raise UserError(f"no model bundle at {model_dir} (no manifest.json; make one with "
                     "hybridflow export)")

@@ -1,4 +1,4 @@
-"""`hybridflow eval --model MODEL_DIR | --workdir RUN --data NAME=SOURCE ... --out DIR`.
+"""`hybridflow eval --model NAME|PATH | --workdir RUN --data NAME=SOURCE ... --out DIR`.
 
     hybridflow eval --model models/demo --data kodak=/data/kodak --out results/run1
     hybridflow eval --workdir runs/demo --data demo=demo:heldout --out /tmp/eval
@@ -79,7 +79,8 @@ def parse_data(specs: Sequence[str]) -> dict[str, str]:
 
 
 def _load(ns) -> Codec:
-  """The codec of --model, or of --workdir's final params (its bundle built in memory)."""
+  """The codec of --model (a directory or a shipped model's name), or of --workdir's final params
+  (its bundle built in memory)."""
   if ns.model:
     with reported_as_user_errors(BundleError):
       return Codec.load(ns.model)

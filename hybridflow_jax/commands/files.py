@@ -1,4 +1,5 @@
-"""Inputs and outputs of the file commands (`export`, `compress`, `decompress`), checked up front.
+"""Inputs and outputs of the file commands (`export`, `compress`, `decompress`), checked up front:
+the model they read, the files they read and write.
 
 An existing output is never replaced without --force, and outputs are written to a temporary file
 and renamed, so a failure leaves no partial file.
@@ -10,7 +11,22 @@ import os
 import pathlib
 from collections.abc import Callable
 
-from hybridflow_jax.errors import UserError
+from hybridflow_jax import pretrained
+from hybridflow_jax.codec.bundle import BundleError
+from hybridflow_jax.errors import UserError, reported_as_user_errors
+
+
+def model_dir(model: str | None) -> pathlib.Path:
+  """The bundle directory of --model: a directory or a shipped model's name; without --model, the
+  shipped `pretrained.DEFAULT` (by name only). UserError if there is none."""
+  if model is not None:
+    with reported_as_user_errors(BundleError):
+      return pretrained.resolve(model)
+  if pretrained.DEFAULT not in pretrained.available():
+    raise UserError(f"no --model given, and the default model {pretrained.DEFAULT!r} does not ship "
+                    "with this install; pass --model NAME|PATH (a bundle made with hybridflow "
+                    "export)")
+  return pretrained.ROOT / pretrained.DEFAULT
 
 
 def check_output(path: str, force: bool) -> pathlib.Path:

@@ -23,6 +23,7 @@ import ml_collections
 
 from hybridflow_jax import schedules
 from hybridflow_jax.models import masking as masking_lib
+from hybridflow_jax.models.baseline import ContinuousBaseline
 from hybridflow_jax.models.hyperprior import ContinuousStream
 from hybridflow_jax.models.transformer import MaskedTokenTransformer, decode_tokens
 from hybridflow_jax.models.vq import PixelDecoder, VectorQuantizer, VQEncoder
@@ -46,6 +47,10 @@ class HybridFlow(nn.Module):
                                               tr.mlp_dim, tr.dropout)
     self.bridge = PixelDecoder(vq.channels, vq.channel_mult, vq.num_res_blocks, vq.groups,
                                fuse=True, fusion_hidden=self.config.bridge.fusion_hidden)
+    # Not part of the codec: the continuous-only codec of the ablation (`models/baseline.py`).
+    self.baseline = ContinuousBaseline(ct.channels, ct.latent_channels, ct.hyper_channels,
+                                       vq.channels, vq.channel_mult, vq.num_res_blocks, vq.groups,
+                                       ct.quantization)
 
   def __call__(self, x: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
     """Touches every parameter once; used by `init`."""
@@ -56,6 +61,7 @@ class HybridFlow(nn.Module):
         "logits": self.transformer(tok["indices"], cont["y_hat"]),
         "x_hat": self.bridge(tok["quantized"], cont["y_hat"]),
         "x_cont": cont["x_cont"],
+        "x_base": self.baseline(x, rng, train=True)["x_base"],
     }
 
   def tokenize(self, x: jax.Array) -> dict[str, jax.Array]:
@@ -64,6 +70,10 @@ class HybridFlow(nn.Module):
 
   def continuous_stream(self, x, rng=None, train=False, with_head=False):
     return self.continuous(x, rng, train=train, with_head=with_head)
+
+  def continuous_baseline(self, x, rng=None, train=False):
+    """The ablation's continuous-only codec (`models/baseline.py`) on x [B, H, W, 3]."""
+    return self.baseline(x, rng, train=train)
 
   def analysis(self, x: jax.Array) -> jax.Array:
     """g_a: x [B, H, W, 3] in [0, 1] -> y [B, H/16, W/16, M] (unquantised)."""

@@ -152,7 +152,9 @@ def load_run(workdir) -> tuple[ml_collections.ConfigDict, Any, dict[str, Any]]:
   rundir = RunDir(workdir)
   config = rundir.read_config()
   validate(config)
-  run_stages = stages.stage_list(config)
+  run_stages = stages.codec_stages(config)
+  if not run_stages:
+    raise ValueError(f"{workdir}: the run trains no stage of the codec")
   unfinished = rundir.unfinished(run_stages)
   if unfinished:
     raise ValueError(f"{workdir}: stage(s) {', '.join(unfinished)} not finished; a model needs "

@@ -280,7 +280,9 @@ class Evaluator:
 
 # Table columns, in order, with their headings and formats; a stage's table shows those it has.
 _COLUMNS = (("keep_ratio", "kept", "{:6.3f}"), ("bpp_estimated", "bpp (est.)", "{:10.4f}"),
-            ("token_acc", "token acc", "{:9.3f}"), ("psnr", "PSNR (dB)", "{:9.2f}"),
+            ("bpp_indices", "indices", "{:7.4f}"), ("bpp_y", "y", "{:7.4f}"),
+            ("bpp_z", "z", "{:7.4f}"), ("token_acc", "token acc", "{:9.3f}"),
+            ("psnr", "PSNR (dB)", "{:9.2f}"),
             ("lpips", "LPIPS", "{:7.4f}"), ("codes_used", "codes used", "{:10.3f}"))
 
 
@@ -303,18 +305,22 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   if jax.process_index() == 0:
     rundir.write_config(cfg)
   start = time.time()
-  result: dict = {}
+  results: dict[str, dict] = {}
   run = Run(cfg, rundir.root)
   log(info.overview(cfg) + "\n")
   with _SigtermFlag() as sigterm:
     for stage in stages.stage_list(cfg):
       if rundir.stage(stage).is_done():
         log(f"[{stage}] already finished, skipping")
-        result = rundir.stage(stage).final_eval()
+        results[stage] = rundir.stage(stage).final_eval()
         continue
-      result = train_stage(run, stage, sigterm)
+      results[stage] = train_stage(run, stage, sigterm)
+  # The final table is the codec's: its last stage (a comparator such as `baseline` reports its
+  # own table when it finishes).
+  final = (stages.codec_stages(cfg) or stages.stage_list(cfg))[-1]
+  result = results.get(final, {})
   if result:
-    last = stages.STAGES[stages.stage_list(cfg)[-1]].evaluation
+    last = stages.STAGES[final].evaluation
     log(f"\nheld-out images ({cfg.data.eval}), center {cfg.eval_size} px crops: {last.name}; "
         "estimated rate:")
     log(format_table(result))

@@ -1,0 +1,327 @@
+"""`hybridflow ablate`: the paper's two claims, measured on held-out photos with real files.
+
+For every image, from one finished run (`--workdir`), each row is a real file decoded:
+
+  hybrid S            the codec's file at schedule S (each fixed schedule, and dynamic)
+  codebook-only S     the same file, its tokens completed by the transformer, rendered by G_vq
+                      (the pixel decoder the tokenizer was trained with) instead of the bridge:
+                      what the continuous stream adds in the pixels (claim 1: fidelity)
+  hybrid y=0 1_4      the 1_4 file decoded with y_hat zeroed (transformer and bridge): whether
+                      the decoder uses the continuous stream at all
+  continuous head     the hybrid's own side stream (y_hat, z_hat) alone, decoded by the light head
+                      the continuous stage trained it with: what y_hat carries by itself
+  continuous-only     the run's `baseline` stage, a mean-scale hyperprior codec with its own full
+                      synthesis transform trained for the same rate as the hybrid's 1_4 (claim 2:
+                      perception at matched bits); its file is the container with a payload of the
+                      z and y streams only, coded with its own frozen tables, and decoded back
+  avif                Pillow's AVIF at the quality whose file is closest to the hybrid's 1_4
+
+bpp is always the file's size (the codebook-only and y=0 rows are decodings of the hybrid's file,
+so they carry its bpp). PSNR, MS-SSIM and LPIPS (AlexNet) per image, and for the hybrid's points
+the transformer's accuracy on the indices the file did not send (`token_acc`); the means go to
+`ablation.json`, `ablation.md` (a table), `ablation.png` (bpp against PSNR and LPIPS) and
+`panel.png` (the first image: original | hybrid per schedule | codebook-only 1_4 |
+continuous-only | AVIF, with bpp and PSNR under each).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from matplotlib.figure import Figure
+
+from hybridflow_jax import schedules as schedules_lib
+from hybridflow_jax.codec import bundle as bundle_lib
+from hybridflow_jax.codec import container, payload
+from hybridflow_jax.codec.api import Codec, to_uint8
+from hybridflow_jax.codec.coder import Decoder, Encoder
+from hybridflow_jax.data import pipeline
+from hybridflow_jax.errors import UserError
+from hybridflow_jax.evaluation.baselines import BASELINES
+from hybridflow_jax.evaluation.measures import Measures
+from hybridflow_jax.models import hybridflow as hf
+from hybridflow_jax.models.transformer import decode_tokens
+from hybridflow_jax.train import checkpoint as ckpt_lib
+from hybridflow_jax.train import export
+from hybridflow_jax.train.rundir import RunDir
+
+SCHEDULES = ("1_4", "1_9", "1_16", schedules_lib.DYNAMIC)
+REFERENCE_POINT = "1_4"      # the point the y=0, continuous-only and AVIF rows are matched to
+METRICS = ("bpp", "psnr-rgb", "ms-ssim-rgb", "lpips-alex", "token_acc")
+FILES = ("ablation.json", "ablation.md", "ablation.png", "panel.png")
+
+
+class _Decoders:
+  """The receiver-side renderings of one hybrid file: hybrid, codebook-only, and y_hat zeroed."""
+
+  def __init__(self, model: hf.HybridFlow, params):
+    self.params = params
+    steps = model.config.transformer.decode_steps
+    k = model.config.vq.num_codes
+
+    def render(params, indices, keep, y_hat):
+      p = {"params": params}
+      predict = lambda t, c: model.apply(p, t, c, method=hf.HybridFlow.predict_tokens)
+      tokens = decode_tokens(predict, indices[None], keep[None], y_hat[None], k, steps)
+      hybrid = model.apply(p, tokens, y_hat[None], method=hf.HybridFlow.render)
+      codebook = model.apply(p, tokens, method=hf.HybridFlow.render_codebook)
+      zero = jnp.zeros_like(y_hat)[None]
+      tokens0 = decode_tokens(predict, indices[None], keep[None], zero, k, steps)
+      without_y = model.apply(p, tokens0, zero, method=hf.HybridFlow.render)
+      return {"hybrid": hybrid[0], "codebook-only": codebook[0], "hybrid y=0": without_y[0],
+              "tokens": tokens[0]}
+    self._render = jax.jit(render)
+
+  def __call__(self, frame: payload.Frame) -> dict[str, np.ndarray]:
+    out = self._render(self.params, jnp.asarray(frame.index_grid()), jnp.asarray(frame.keep),
+                       jnp.asarray(frame.y_hat()))
+    tokens = np.asarray(out.pop("tokens"))
+    images = {k: to_uint8(np.asarray(v)[:frame.height, :frame.width]) for k, v in out.items()}
+    return images, tokens
+
+
+class ContinuousOnlyCodec:
+  """A continuous-only codec of the run with real bitstreams: a hyperprior frozen into tables
+  exactly as `hybridflow export` freezes the hybrid's, a file that holds the z and y streams of
+  `codec.payload` only, and a synthesis transform from y_hat to pixels.
+
+  stream: the hyperprior's params (the layout of `params["continuous"]`); synthesize: a flax
+  method (module, y_hat [1, h, w, M]) -> image, applied to `params`.
+  """
+
+  def __init__(self, config, params, stream, synthesize, counts: np.ndarray):
+    self.model = hf.build_model(config)
+    self.params = params
+    # The hybrid codec's machinery on this hyperprior: a bundle whose `continuous` params are the
+    # stream's (its index table is never used).
+    swapped = dict(params)
+    swapped["continuous"] = {**params["continuous"], **stream}
+    tables, scales, _ = export.build_tables(swapped, counts)
+    self.codec = Codec(bundle_lib.assemble(config.to_dict(), export.inference_params(swapped),
+                                           tables, scales, {"note": "continuous-only (ablation)"}))
+    model = self.model
+    self._synthesize = jax.jit(lambda params, y_hat: model.apply(
+        {"params": params}, y_hat[None], method=synthesize)[0])
+
+  def compress(self, rgb: np.ndarray) -> bytes:
+    lat = self.codec.analyze(rgb)
+    frame = lat.frame(self.codec.coding, "1_1")
+    enc = Encoder()
+    for name in ("z", "y"):
+      stream = next(s for s in payload.PAYLOAD if s.name == name)
+      stream.coding(frame).encode(enc, frame.symbols[name])
+    bs = container.Bitstream(lat.height, lat.width, self.codec.fingerprint,
+                             schedules_lib.wire_id("1_1"), [enc.finish()])
+    return container.pack(bs)
+
+  def decompress(self, data: bytes) -> np.ndarray:
+    bs = container.unpack(data, expected_fingerprint=self.codec.fingerprint)
+    frame = payload.Frame(self.codec.coding, bs.height, bs.width, "1_1")
+    dec = Decoder(bs.sections[0])
+    for name in ("z", "y"):
+      stream = next(s for s in payload.PAYLOAD if s.name == name)
+      frame.symbols[name] = stream.coding(frame).decode(dec)
+    image = self._synthesize(self.params, jnp.asarray(frame.y_hat()))
+    return to_uint8(np.asarray(image)[:bs.height, :bs.width])
+
+
+def load(workdir, *, baseline_workdir=None, prior_images: int | None = 1000,
+         log: Callable[[str], None] = print):
+  """(hybrid Codec, receiver decoders, {row name: continuous-only codec}, config) of a finished
+  run. "continuous head" is the hybrid's own side stream through its light head; "continuous-only"
+  the `baseline` stage of `baseline_workdir` (default: the run itself), if finished there.
+  """
+  config, params, provenance = export.load_run(workdir)
+  bundle = export.make_bundle(config, params, prior_images=prior_images, provenance=provenance,
+                              log=log)
+  codec = Codec(bundle)
+  decoders = _Decoders(codec.model, jax.tree.map(jnp.asarray, params))
+  counts = np.ones(int(config.model.vq.num_codes), np.int64)
+  full = dict(jax.tree.map(np.asarray, params))
+  # The hybrid's own side stream decoded by the light head it was trained with.
+  continuous = {"continuous head": ContinuousOnlyCodec(
+      config, full, full["continuous"], lambda m, y: m.continuous.synthesis_head(y), counts)}
+  stage = RunDir(baseline_workdir or workdir).stage("baseline")
+  if stage.is_done():
+    base = ckpt_lib.load_params(stage.params, hf.param_shapes(codec.model))
+    full["baseline"] = jax.tree.map(np.asarray, base["baseline"])
+    continuous["continuous-only"] = ContinuousOnlyCodec(
+        config, full, full["baseline"]["stream"], lambda m, y: m.baseline.synthesis(y), counts)
+  else:
+    log(f"no finished baseline stage in {baseline_workdir or workdir}: no continuous-only row")
+  return codec, decoders, continuous, config
+
+
+def run(codec: Codec, decoders: _Decoders, continuous: dict[str, ContinuousOnlyCodec],
+        images: Sequence[tuple[str, np.ndarray]], out: pathlib.Path, *,
+        schedules: Sequence[str] = SCHEDULES, avif: bool = True,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Measures every row on every image; writes FILES into `out`; returns the results."""
+  if REFERENCE_POINT not in schedules:
+    raise UserError(f"the ablation needs the {REFERENCE_POINT} point among its schedules")
+  measure = Measures()
+  rows: list[dict[str, Any]] = []
+  panel: dict[str, tuple[np.ndarray, dict]] = {}
+  for n, (name, rgb) in enumerate(images):
+    pixels = rgb.shape[0] * rgb.shape[1]
+    for method, point, bits, decoded, extra in _decodings(codec, decoders, continuous, rgb,
+                                                          schedules, avif):
+      row = {"image": name, "method": method, "point": point, "bpp": bits / pixels,
+             **measure(rgb, decoded), **extra}
+      row.pop("lpips-vgg", None)
+      rows.append(row)
+      if n == 0:
+        panel[f"{method} {point}".strip()] = (decoded, row)
+    log(f"ablation: {name} done ({n + 1}/{len(images)})")
+  results = {"images": [name for name, _ in images], "rows": rows, "means": _means(rows)}
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "ablation.json").write_text(json.dumps(_json_safe(results), indent=1) + "\n")
+  (out / "ablation.md").write_text(table(results) + "\n")
+  _figure(results, out / "ablation.png")
+  _panel(images[0], panel, out / "panel.png")
+  return results
+
+
+def _decodings(codec: Codec, decoders: _Decoders, continuous: dict[str, ContinuousOnlyCodec],
+               rgb: np.ndarray, schedules: Sequence[str], avif: bool):
+  """(method, point, file bits, uint8 decoded image, extra columns) of every row on one image."""
+  lat = codec.analyze(rgb)
+  for schedule in schedules:
+    c = codec.write(lat, schedule)
+    frame = codec.read_symbols(c.data)
+    decoded, tokens = decoders(frame)
+    if not np.array_equal(decoded["hybrid"], codec.decompress(c.data)):
+      raise RuntimeError("the ablation's hybrid decoding differs from Codec.decompress")
+    bits = 8 * len(c.data)
+    unsent = ~frame.keep
+    # The transformer's accuracy on the indices the file did not send (NaN if it sent all).
+    accuracy = float(np.mean(tokens[unsent] == lat.indices[unsent])) if unsent.any() else math.nan
+    yield "hybrid", schedule, bits, decoded["hybrid"], {"token_acc": accuracy}
+    yield "codebook-only", schedule, bits, decoded["codebook-only"], {"token_acc": accuracy}
+    if schedule == REFERENCE_POINT:
+      yield "hybrid y=0", schedule, bits, decoded["hybrid y=0"], {}
+      reference_bpp = bits / (rgb.shape[0] * rgb.shape[1])
+  for method, cont in continuous.items():
+    data = cont.compress(rgb)
+    yield method, "", 8 * len(data), cont.decompress(data), {}
+  if avif:
+    b = BASELINES["avif"]
+    q = b.closest(rgb, reference_bpp, {})
+    data = b.encode(rgb, q)
+    yield "avif", f"q{q}", 8 * len(data), b.decode(data), {}
+
+
+def _means(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  keys: list[tuple[str, str]] = []
+  for r in rows:
+    if (r["method"], r["point"]) not in keys:
+      keys.append((r["method"], r["point"]))
+  out = []
+  for method, point in keys:
+    mine = [r for r in rows if r["method"] == method and r["point"] == point]
+    if method == "avif":  # a different quality per image: one line for all
+      mine = [r for r in rows if r["method"] == method]
+      point = "at hybrid 1_4"
+      if any(m["method"] == "avif" for m in out):
+        continue
+    mean = {m: _nanmean([r.get(m, math.nan) for r in mine]) for m in METRICS}
+    out.append({"method": method, "point": point, "images": len(mine), **mean})
+  return out
+
+
+def _nanmean(values: Sequence[float]) -> float:
+  finite = [v for v in values if math.isfinite(v)]
+  return float(np.mean(finite)) if finite else math.nan
+
+
+def table(results: dict[str, Any]) -> str:
+  """The mean of every row as a markdown table."""
+  lines = ["| method | point | bpp (file) | PSNR (dB) | MS-SSIM | LPIPS-Alex | token acc. |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+  cell = lambda v, fmt: fmt.format(v) if math.isfinite(v) else "–"  # noqa: E731
+  for m in results["means"]:
+    lines.append(f"| {m['method']} | {m['point']} | {m['bpp']:.4f} | "
+                 f"{cell(m['psnr-rgb'], '{:.2f}')} | {cell(m['ms-ssim-rgb'], '{:.4f}')} | "
+                 f"{cell(m['lpips-alex'], '{:.4f}')} | {cell(m['token_acc'], '{:.3f}')} |")
+  return "\n".join(lines)
+
+
+_STYLE = {"hybrid": ("o-", "C0"), "codebook-only": ("s--", "C1"), "hybrid y=0": ("x", "C3"),
+          "continuous-only": ("D", "C2"), "continuous head": ("d", "C5"), "avif": ("^", "C4")}
+
+
+def _figure(results: dict[str, Any], path: pathlib.Path) -> None:
+  fig = Figure(figsize=(10, 4), dpi=110)
+  axes = fig.subplots(1, 2)
+  for ax, metric, label in ((axes[0], "psnr-rgb", "PSNR (dB)"), (axes[1], "lpips-alex",
+                                                                  "LPIPS-Alex (lower is better)")):
+    for method, (marker, color) in _STYLE.items():
+      pts = [m for m in results["means"] if m["method"] == method]
+      if not pts:
+        continue
+      pts = sorted(pts, key=lambda m: m["bpp"])
+      ax.plot([m["bpp"] for m in pts], [m[metric] for m in pts], marker, color=color, label=method)
+      for m in pts:
+        if m["point"] and method in ("hybrid", "codebook-only"):
+          ax.annotate(m["point"], (m["bpp"], m[metric]), fontsize=6)
+    ax.set_xlabel("bits per pixel (real files)")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=7)
+  fig.suptitle(f"ablation, mean of {len(results['images'])} held-out images", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path)
+
+
+def _panel(first: tuple[str, np.ndarray], panel: dict[str, tuple[np.ndarray, dict]],
+           path: pathlib.Path) -> None:
+  name, rgb = first
+  shown = [k for k in panel if k.startswith("hybrid ") and "y=0" not in k]
+  shown += [k for k in panel if k == f"codebook-only {REFERENCE_POINT}"]
+  shown += [k for k in panel if k.startswith(("continuous", "avif"))]
+  fig = Figure(figsize=(2.8 * (len(shown) + 1), 2.8 * rgb.shape[0] / rgb.shape[1] + 0.6), dpi=120)
+  axes = fig.subplots(1, len(shown) + 1, squeeze=False)[0]
+  axes[0].imshow(rgb)
+  axes[0].set_title(f"original ({name[-20:]})", fontsize=7)
+  for ax, key in zip(axes[1:], shown):
+    image, row = panel[key]
+    ax.imshow(image)
+    ax.set_title(key, fontsize=7)
+    ax.set_xlabel(f"{row['bpp']:.4f} bpp, {row['psnr-rgb']:.2f} dB", fontsize=7)
+  for ax in axes:
+    ax.set_xticks([])
+    ax.set_yticks([])
+  fig.tight_layout()
+  fig.savefig(path)
+
+
+def images_of(specs: dict[str, str], limit: int | None,
+              log: Callable[[str], None] = print) -> list[tuple[str, np.ndarray]]:
+  """(name, uint8 [H, W, 3]) of every readable image of the data specs, in order."""
+  out = []
+  for data_name, spec in specs.items():
+    for image_name, rgb in pipeline.readable_images(spec, limit, log):
+      out.append((f"{data_name}/{image_name}", rgb))
+  if not out:
+    raise UserError("the ablation's data has no readable images")
+  return out
+
+
+def _json_safe(x):
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  if isinstance(x, dict):
+    return {k: _json_safe(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return [_json_safe(v) for v in x]
+  if isinstance(x, np.generic):
+    return _json_safe(x.item())
+  return x
+

