@@ -17,8 +17,8 @@ from hybridflow_jax.image_metrics import psnr_uint8
 
 # photo -> schedule -> (file bytes, PSNR dB), measured when the bundle was exported.
 RECORDED = {
-    "coffee": {"1_4": None, "1_16": None},
-    "flower": {"1_4": None, "1_16": None},
+    "coffee": {"1_4": (1003, 18.6113), "1_16": (836, 17.9418)},
+    "flower": {"1_4": (1005, 17.7574), "1_16": (803, 17.1116)},
 }
 
 
