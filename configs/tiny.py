@@ -15,7 +15,8 @@ def get_config():
   c.model.vq.update(channels=8, channel_mult=(1, 1, 2, 2, 2), num_res_blocks=1, embed_dim=16,
                     num_codes=64, groups=4)
   c.model.continuous.update(channels=16, latent_channels=16, hyper_channels=8, head_channels=8)
-  c.model.transformer.update(dim=32, depth=2, heads=2, mlp_dim=64, dropout=0.0, decode_steps=4)
+  c.model.transformer.update(dim=32, depth=2, heads=2, mlp_dim=64, dropout=0.0, decode_steps=4,
+                             window=4)  # the 4x4 grid of its 64 px training crops
   c.model.bridge.fusion_hidden = 8
   c.model.masking.region = 2            # a 64 px crop is a 4x4 token grid: 2x2 regions
   c.model.discriminator.update(channels=8, layers=2)

@@ -29,14 +29,21 @@ def rate_bpp(y_likelihood: jax.Array, z_likelihood: jax.Array, num_pixels: int) 
 
 
 def rate_distortion(bpp: jax.Array, mse_01: jax.Array, lam: float, target: float,
-                    over_weight: float) -> jax.Array:
+                    over_weight: float, hold: bool = False) -> jax.Array:
   """The rate-distortion objective every stage with a rate uses: w * bpp + lam * 255^2 * MSE.
 
   MSE is measured on [0, 1] and scaled to the 0-255 range, as in CompressAI's loss. `w` is 1 while
   the batch's rate is at or under `target` bpp and `over_weight` above it (HiFiC's rate
   targeting, Mentzer et al. 2020, sec. 3.2), so a run lands near a chosen rate without a sweep
   over lam. target <= 0 switches the targeting off (w = 1).
+
+  hold=True holds the rate AT the target from both sides: the rate term is
+  over_weight * |bpp - target|, so a model that would settle below the target (lam too small to
+  pull it up) spends the bits too. The ablation's continuous-only codec uses it to sit at the
+  hybrid's rate.
   """
+  if hold and target > 0:
+    return over_weight * jnp.abs(bpp - target) + lam * 255.0 ** 2 * mse_01
   w = jnp.where((target > 0) & (bpp > target), over_weight, 1.0)
   return jax.lax.stop_gradient(w) * bpp + lam * 255.0 ** 2 * mse_01
 

@@ -185,9 +185,9 @@ def _rate_terms(out, x) -> Metrics:
   return m
 
 
-def _rd(m: Metrics, distortion_mse: jax.Array, cfg, target: float) -> jax.Array:
+def _rd(m: Metrics, distortion_mse: jax.Array, cfg, target: float, hold: bool = False):
   return losses.rate_distortion(m["bpp"], distortion_mse, cfg.rate_lambda, target,
-                                cfg.rate_over_weight)
+                                cfg.rate_over_weight, hold)
 
 
 def _continuous_loss(out, x, cfg):
@@ -198,7 +198,7 @@ def _continuous_loss(out, x, cfg):
 
 def _baseline_loss(out, x, cfg):
   m = {**_rate_terms(out, x), "mse": losses.mse(out["x_base"], x)}
-  m["loss"] = _rd(m, m["mse"], cfg, cfg.baseline_rate_target)
+  m["loss"] = _rd(m, m["mse"], cfg, cfg.baseline_rate_target, cfg.baseline_rate_hold)
   return m["loss"], m
 
 

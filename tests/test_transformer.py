@@ -5,7 +5,7 @@ import pytest
 
 from hybridflow_jax import schedules
 from hybridflow_jax.models import hybridflow as hf
-from hybridflow_jax.models.transformer import decode_tokens, training_mask
+from hybridflow_jax.models.transformer import decode_tokens, from_windows, to_windows, training_mask
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +72,29 @@ def test_training_mask_covers_schedules_and_always_masks_something():
   ratios = vis.mean(axis=(1, 2))
   # Random schedules plus random reveals: a spread of visible fractions, both sparse and dense.
   assert ratios.min() <= 1 / 16 + 1e-9 and ratios.max() >= 0.75
+
+
+def test_windows_round_trip_on_grids_that_do_not_divide():
+  a = jnp.arange(2 * 5 * 7 * 3).reshape(2, 5, 7, 3)
+  w = to_windows(a, 4, fill=-1)
+  assert w.shape == (2 * 2 * 2, 4, 4, 3)
+  assert int((w == -1).sum()) == (8 * 8 - 35) * 2 * 3          # only the padding is filled
+  np.testing.assert_array_equal(from_windows(w, 2, 5, 7), a)
+
+
+def test_windowed_attention_sees_each_window_alone(tiny_model, tiny_params):
+  # The tiny model's window is its 4x4 training grid. On a 6x10 grid (96x160 px) every window,
+  # edge windows included, must predict exactly what it predicts as an image of its own: the
+  # padding carries no information and no window sees another.
+  assert tiny_model.config.transformer.window == 4
+  p = {"params": tiny_params}
+  k = tiny_model.config.vq.num_codes
+  rng = np.random.default_rng(2)
+  tokens = jnp.asarray(rng.integers(0, k + 1, (1, 6, 10)), jnp.int32)
+  ctx = jnp.asarray(rng.normal(size=(1, 6, 10, tiny_model.config.continuous.latent_channels)),
+                    jnp.float32)
+  logits = lambda t, c: np.asarray(tiny_model.apply(p, t, c, method=hf.HybridFlow.predict_tokens))
+  whole = logits(tokens, ctx)
+  for r0, c0 in ((0, 0), (0, 4), (0, 8), (4, 0), (4, 8)):    # full, full, 4x2, 2x4, 2x2 windows
+    part = logits(tokens[:, r0:r0 + 4, c0:c0 + 4], ctx[:, r0:r0 + 4, c0:c0 + 4])
+    np.testing.assert_allclose(whole[:, r0:r0 + 4, c0:c0 + 4], part, rtol=1e-4, atol=1e-4)

@@ -43,8 +43,9 @@ class HybridFlow(nn.Module):
     self.pixel_decoder = PixelDecoder(vq.channels, vq.channel_mult, vq.num_res_blocks, vq.groups)
     self.continuous = ContinuousStream(ct.channels, ct.latent_channels, ct.hyper_channels,
                                        ct.head_channels, ct.quantization)
+    # Bundles written before windowed attention have no `window`: they decode as they were made.
     self.transformer = MaskedTokenTransformer(vq.num_codes, tr.dim, tr.depth, tr.heads,
-                                              tr.mlp_dim, tr.dropout)
+                                              tr.mlp_dim, tr.dropout, tr.get("window", 0))
     self.bridge = PixelDecoder(vq.channels, vq.channel_mult, vq.num_res_blocks, vq.groups,
                                fuse=True, fusion_hidden=self.config.bridge.fusion_hidden)
     # Not part of the codec: the continuous-only codec of the ablation (`models/baseline.py`).
