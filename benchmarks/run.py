@@ -108,7 +108,8 @@ def photo_768x512() -> np.ndarray:
   return np.asarray(img.resize((768, 768), Image.LANCZOS).crop((0, 128, 768, 640)))
 
 
-def codec_latency(cfg, image: np.ndarray, reps: int, log) -> dict:
+def codec_latency(cfg, image: np.ndarray, reps: int, log, model_name: str | None = None) -> dict:
+  """model_name: a shipped model or bundle path (its own config); None: untrained params of `cfg`."""
   import jax
   import jax.numpy as jnp
 
@@ -117,9 +118,13 @@ def codec_latency(cfg, image: np.ndarray, reps: int, log) -> dict:
   from hybridflow_jax.models.transformer import decode_tokens
   from hybridflow_jax.train import export
 
-  model = hf.build_model(cfg)
-  params = hf.init_params(model, jax.random.PRNGKey(0))
-  codec = Codec(export.make_bundle(cfg, params, prior_images=2, log=lambda _: None))
+  if model_name:
+    codec = Codec.load(model_name)
+    cfg, model = codec.config, codec.model
+  else:
+    model = hf.build_model(cfg)
+    params = hf.init_params(model, jax.random.PRNGKey(0))
+    codec = Codec(export.make_bundle(cfg, params, prior_images=2, log=lambda _: None))
   log("codec: compiling")
   data = codec.compress(image)
   codec.decompress(data)
@@ -147,7 +152,22 @@ def codec_latency(cfg, image: np.ndarray, reps: int, log) -> dict:
   bridge = t(lambda: render_fn(tokens, y).block_until_ready())
   compress_total = t(lambda: codec.compress(image))
   decompress_total = t(lambda: codec.decompress(data))
+
+  # The token transformer's settings side by side, same params and file: global attention with
+  # MaskGIT's 6 rounds (before issue #13), windowed attention with 6 rounds, and the model's own.
+  variants = {}
+  for window, rounds in ((0, 6), (cfg.model.transformer.get("window", 0), 6),
+                         (cfg.model.transformer.get("window", 0), steps)):
+    vcfg = cfg.copy_and_resolve_references()
+    vcfg.model.transformer.window, vcfg.model.transformer.decode_steps = window, rounds
+    vmodel = hf.build_model(vcfg)
+    vpredict = lambda t, c, vmodel=vmodel: vmodel.apply(p, t, c, method=hf.HybridFlow.predict_tokens)
+    vfn = jax.jit(lambda i, k, y, f=vpredict, n=rounds: decode_tokens(
+        f, i, k, y, cfg.model.vq.num_codes, n))
+    vfn(i, k, y).block_until_ready()
+    variants[f"window {window}, {rounds} rounds"] = t(lambda f=vfn: f(i, k, y).block_until_ready())
   return {
+      "model": model_name or "untrained", "window": cfg.model.transformer.get("window", 0),
       "image": f"{image.shape[1]}x{image.shape[0]}", "schedule": "1_4", "bytes": len(data),
       "compress_seconds": compress_total, "decompress_seconds": decompress_total,
       "compress_breakdown": {"encoder_networks": enc_networks, "entropy_parameters_hs": entropy_params,
@@ -155,6 +175,7 @@ def codec_latency(cfg, image: np.ndarray, reps: int, log) -> dict:
       "decompress_breakdown": {"range_decoding_and_hs": read, "entropy_parameters_hs": entropy_params,
                                "transformer_steps": transformer, "transformer_step_count": steps,
                                "bridging_decoder": bridge},
+      "transformer_variants_seconds": variants,
   }
 
 
@@ -256,7 +277,11 @@ def continuous_stream_latency(base_cfg, image: np.ndarray, reps: int) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default=str(ROOT / "configs" / "demo.py"))
+  parser.add_argument("--config", default=str(ROOT / "configs" / "small.py"),
+                      help="the config whose train steps are timed (default: the reference recipe)")
+  parser.add_argument("--model", default="small",
+                      help="the model the codec part times: a shipped name or a bundle path; "
+                           "'untrained' times --config's networks with random params")
   parser.add_argument("--out", default=None, help="JSON file to write")
   parser.add_argument("--steps", type=int, default=3, help="timed train steps per stage")
   parser.add_argument("--reps", type=int, default=3, help="timed codec runs")
@@ -285,7 +310,8 @@ def main():
     result["train"] = train_throughput(cfg, peak, args.steps, log)
   image = photo_768x512()
   if "codec" not in skip:
-    result["codec"] = codec_latency(cfg, image, args.reps, log)
+    result["codec"] = codec_latency(cfg, image, args.reps, log,
+                                    None if args.model == "untrained" else args.model)
   if "grain" not in skip:
     result["grain"] = grain_throughput(10, log)
   if args.peer_python:

@@ -1,0 +1,255 @@
+"""One accelerator, one command, a few minutes: the figures a GPU (or TPU) machine owes the project.
+
+    pip install -U "jax[cuda12]"                     # on top of `make install`'s environment
+    .venv/bin/python benchmarks/gpu.py --out benchmarks/results/gpu.json
+
+Parts, each written to the JSON as soon as it is measured (a run stopped early keeps them):
+
+(a) Matmul peaks on the device: float32 at JAX's default precision (what the train steps run) and
+    bfloat16, 8192x8192 (the larger of the two is the MFU reference, as in run.py).
+(b) Compress and decompress latency of one 768x512 photo with `--config`-sized (default
+    configs/imagenet256.py) untrained params, by part (run.py's codec_latency; the work does not
+    depend on the weights).
+(c) Train-step MFU of every stage of `--config` at the largest batch that fits: the step compiled
+    at a probe batch gives its memory (XLA's memory analysis: fixed bytes and bytes per image);
+    the batch is the largest power of two whose estimate fits 85 % of the device's memory (at most
+    --max-batch), compiled and timed, halved on an out-of-memory error.
+(d) Portable files (issue #14): the photo compressed on the device, then read in a CPU-only
+    process (JAX_PLATFORMS=cpu): whether the entropy-decoded symbols are identical, how many
+    predicted tokens differ and the PSNR between the two decoded images.
+
+`--budget-seconds` (default 420) stops starting new work once spent, so the whole command stays
+under 8 minutes with compilation. `--smoke` runs every part on CPU with configs/tiny.py and small
+sizes: a check that the script works before a device is spent on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import run as cpu_bench  # noqa: E402  (benchmarks/run.py: the shared timing helpers)
+
+# Reads a file in a CPU-only process and prints what the device process compares against.
+CPU_READER = r"""
+import json, sys
+import numpy as np
+from hybridflow_jax.codec.api import Codec
+from hybridflow_jax.codec import bundle as bundle_lib
+codec = Codec(bundle_lib.read(sys.argv[1]))
+data = open(sys.argv[2], "rb").read()
+frame = codec.read_symbols(data)
+np.savez(sys.argv[3], image=codec.decompress(data),
+         **{f"symbol_{k}": np.asarray(v) for k, v in frame.symbols.items()})
+import jax
+print(json.dumps({"backend": jax.default_backend()}))
+"""
+
+
+def matmul_peaks(n: int) -> dict:
+  import jax
+  import jax.numpy as jnp
+  out = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    out[jnp.dtype(dtype).name] = 2 * n**3 / cpu_bench._median_time(
+        lambda f=f, a=a: f(a).block_until_ready(), 5)
+  return out
+
+
+def _is_oom(e: Exception) -> bool:
+  text = str(e)
+  return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+
+
+def device_memory() -> int | None:
+  import jax
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get("bytes_limit")
+
+
+def stage_mfu(cfg, stage, peak: float, *, probe: int, max_batch: int, steps: int,
+              deadline: float, log) -> dict:
+  """The largest batch of `stage` that fits, and its step time, FLOPs and MFU."""
+  import jax
+
+  from hybridflow_jax.models import hybridflow as hf
+  from hybridflow_jax.train import sharding as shard_lib
+  from hybridflow_jax.train import steps as steps_lib
+
+  mesh = shard_lib.make_mesh((("data", -1),))
+  model = hf.build_model(cfg)
+  abstract = hf.param_shapes(model)
+
+  def compile_at(batch):
+    c = cfg.copy_and_resolve_references()
+    c.train.batch_size = batch
+    built = steps_lib.stage_step(model, c, stage, mesh, abstract, 1000)
+    x = jax.ShapeDtypeStruct((batch, built.crop, built.crop, 3), np.float32,
+                             sharding=built.images_sharding)
+    return built, built.step.lower(built.abstract_state, x).compile()
+
+  t0 = time.perf_counter()
+  built, compiled = compile_at(probe)
+  compiled_batch = probe
+  mem = compiled.memory_analysis()
+  limit = device_memory()
+  batch = probe
+  if mem is not None and limit:
+    fixed = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+    per_image = mem.temp_size_in_bytes / probe
+    while batch * 2 <= max_batch and fixed + per_image * batch * 2 <= 0.85 * limit:
+      batch *= 2
+  while True:
+    if time.perf_counter() > deadline:
+      return {"skipped": "time budget spent before this stage could be timed"}
+    try:
+      if batch != compiled_batch:
+        built, compiled = compile_at(batch)
+        compiled_batch = batch
+      params = hf.init_params(model, jax.random.PRNGKey(0))
+      state = jax.jit(built.make_state, out_shardings=built.state_shardings)(params)
+      x = jax.device_put(jax.random.uniform(jax.random.PRNGKey(2), (batch, built.crop, built.crop, 3)),
+                         built.images_sharding)
+      state, _ = compiled(state, x)
+      jax.block_until_ready(state)
+      break
+    except Exception as e:  # noqa: BLE001  (XLA raises its own runtime error type)
+      if not _is_oom(e) or batch == 1:
+        raise
+      log(f"{stage}: batch {batch} does not fit; halving")
+      state = x = None
+      batch //= 2
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list | tuple) else cost
+  flops = float(cost.get("flops", float("nan")))
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    state, metrics = compiled(state, x)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - t)
+  sec = statistics.median(times)
+  return {"batch": batch, "crop": built.crop, "step_seconds": sec, "images_per_second": batch / sec,
+          "flops_per_step": flops, "achieved_flops_per_second": flops / sec, "mfu": flops / sec / peak,
+          "seconds_with_compilation": time.perf_counter() - t0}
+
+
+def portable_files(cfg, image: np.ndarray, log) -> dict:
+  """A file made here, read in a CPU-only process: are the decoded symbols identical?"""
+  import jax
+
+  from hybridflow_jax.codec.api import Codec
+  from hybridflow_jax.image_metrics import psnr_uint8
+  from hybridflow_jax.models import hybridflow as hf
+  from hybridflow_jax.train import export
+
+  model = hf.build_model(cfg)
+  params = hf.init_params(model, jax.random.PRNGKey(0))
+  with tempfile.TemporaryDirectory() as tmp:
+    bundle = pathlib.Path(tmp) / "bundle"
+    export.export_params(cfg, params, bundle, data="demo", prior_images=2, log=lambda _: None)
+    codec = Codec.load(bundle)
+    data = codec.compress(image)
+    here = codec.read_symbols(data)
+    decoded_here = codec.decompress(data)
+    file, arrays = pathlib.Path(tmp) / "photo.hfc", pathlib.Path(tmp) / "cpu.npz"
+    file.write_bytes(data)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run([sys.executable, "-c", CPU_READER, str(bundle), str(file), str(arrays)],
+                       capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    if r.returncode != 0:
+      return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"}
+    cpu = np.load(arrays)
+    same = {k: bool(np.array_equal(np.asarray(v), cpu[f"symbol_{k}"]))
+            for k, v in here.symbols.items()}
+    read_on = json.loads(r.stdout.strip().splitlines()[-1])["backend"]
+    out = {"made_on": jax.default_backend(), "read_on": read_on,
+           "bytes": len(data), "symbols_identical": same,
+           "pixels_differing": float(np.mean(decoded_here != cpu["image"])),
+           "psnr_between_decodes": psnr_uint8(decoded_here, cpu["image"])}
+  log(f"portable files: {out}")
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default=str(ROOT / "configs" / "imagenet256.py"))
+  parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu.json"))
+  parser.add_argument("--budget-seconds", type=float, default=420.0)
+  parser.add_argument("--max-batch", type=int, default=512)
+  parser.add_argument("--probe-batch", type=int, default=8)
+  parser.add_argument("--steps", type=int, default=3, help="timed train steps per stage")
+  parser.add_argument("--smoke", action="store_true",
+                      help="every part on CPU with configs/tiny.py and small sizes")
+  args = parser.parse_args()
+  log = lambda m: print(m, file=sys.stderr, flush=True)
+  t0 = time.perf_counter()
+  deadline = t0 + args.budget_seconds
+  if args.smoke:
+    args.config, args.max_batch, args.probe_batch = str(ROOT / "configs" / "tiny.py"), 4, 2
+
+  import jax
+
+  from hybridflow_jax import config_io, stages
+  cfg = config_io.load_config(args.config)
+  cfg.data.train = "demo"          # the index prior of the untrained bundles: bundled photos
+  dev = jax.devices()[0]
+  result = {"device": {"platform": dev.platform, "kind": dev.device_kind, "devices": jax.device_count(),
+                       "memory_bytes": device_memory()},
+            "jax": jax.__version__, "config": os.path.relpath(args.config, ROOT), "parts": {}}
+  out = pathlib.Path(args.out)
+
+  def save():
+    result["total_seconds"] = time.perf_counter() - t0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+
+  peaks = matmul_peaks(1024 if args.smoke else 8192)
+  peak = max(peaks.values())
+  result["matmul_peak_flops_per_second"] = peaks
+  log(f"matmul peaks (GFLOP/s): { {k: round(v / 1e9) for k, v in peaks.items()} }")
+  save()
+
+  image = cpu_bench.photo_768x512()
+  if args.smoke:
+    image = image[:128, :192]
+  result["parts"]["codec"] = cpu_bench.codec_latency(cfg, image, 3, log, None)
+  log(f"codec: compress {result['parts']['codec']['compress_seconds']:.3f} s, decompress "
+      f"{result['parts']['codec']['decompress_seconds']:.3f} s")
+  save()
+
+  result["parts"]["portable_files"] = portable_files(cfg, image, log)
+  save()
+
+  train = result["parts"]["train"] = {}
+  for stage in stages.stage_list(cfg):
+    if time.perf_counter() > deadline:
+      train[stage] = {"skipped": "time budget spent"}
+      continue
+    log(f"train step {stage}: compiling")
+    train[stage] = stage_mfu(cfg, stage, peak, probe=args.probe_batch, max_batch=args.max_batch,
+                                  steps=args.steps, deadline=deadline, log=log)
+    log(f"train step {stage}: {train[stage]}")
+    save()
+  save()
+  print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+  main()
