@@ -3,12 +3,17 @@
     .venv/bin/python benchmarks/run.py --out benchmarks/results/cpu-2core.json
     .venv/bin/python benchmarks/run.py --peer-python /path/to/env-with-compressai/bin/python
 
-(a) Train-step throughput of every stage of a config (default configs/demo.py, its batch and crops):
-    images/s, FLOPs per step (XLA cost analysis of the compiled step), achieved FLOP/s, and MFU =
-    achieved / a float32 matmul peak measured in the same process on the same device.
-(b) Compress and decompress latency of one 768x512 photo (the Kodak layout) with the config's model
-    (untrained weights: the work does not depend on them), broken down into encoder networks,
-    entropy parameters (h_s), range coding, range decoding, transformer steps and bridging decoder.
+(a) Train-step throughput of every stage of a config (default configs/small.py, the reference
+    recipe: its batch and crops): images/s, FLOPs per step (XLA cost analysis of the compiled
+    step), achieved FLOP/s, and MFU = achieved / a float32 matmul peak measured in the same process
+    on the same device; and the input stall: the step time when fed from the grain pipeline as the
+    trainer feeds it (the config's photos if present, else the bundled ones) / the step time on a
+    batch already in memory.
+(b) Compress and decompress latency of one 768x512 photo (the Kodak layout) with --model (default
+    the shipped `small`; `untrained`: the config's networks with random params), broken down into
+    encoder networks, entropy parameters (h_s), range coding, range decoding, transformer steps and
+    bridging decoder; and the token transformer alone with global attention and 6 rounds, windows
+    and 6 rounds, and the model's own settings.
 (c) The grain input pipeline (demo photos, 256 px crops): images/s with 0 and 2 worker processes.
 (d) With --peer-python: CompressAI's mbt2018-mean (quality 1, untrained) compress/decompress of the
     same photo, in that interpreter, next to our continuous stream at the same size (N=128, M=192):
@@ -59,6 +64,7 @@ def train_throughput(cfg, peak: float, steps: int, log) -> dict:
   import jax
 
   from hybridflow_jax import stages
+  from hybridflow_jax.data import pipeline
   from hybridflow_jax.models import hybridflow as hf
   from hybridflow_jax.train import sharding as shard_lib
   from hybridflow_jax.train import steps as steps_lib
@@ -67,6 +73,10 @@ def train_throughput(cfg, peak: float, steps: int, log) -> dict:
   model = hf.build_model(cfg)
   params = hf.init_params(model, jax.random.PRNGKey(0))
   abstract_params = hf.param_shapes(model)
+  # The input timing reads the config's training photos when they are here, else the bundled ones.
+  data = cfg.data.train
+  if not (data == "demo" or data.startswith("folder:") and pathlib.Path(data[7:]).is_dir()):
+    data = "demo"
   out = {}
   for stage in stages.stage_list(cfg):
     # The trainer's own sharded, donating step (steps.stage_step), on a one-axis mesh.
@@ -92,12 +102,25 @@ def train_throughput(cfg, peak: float, steps: int, log) -> dict:
       jax.block_until_ready((state, metrics))
       times.append(time.perf_counter() - t)
     sec = statistics.median(times)
+    # The same steps fed as the trainer feeds them: the next batch from the grain pipeline is read
+    # while the previous step runs (dispatch is asynchronous), then placed on the mesh.
+    it = pipeline.train_iterator(data, crop=crop, batch_size=batch, seed=0,
+                                 workers=cfg.data.workers, prefetch=cfg.data.prefetch)
+    next(it)
+    t = time.perf_counter()
+    for _ in range(steps):
+      images = jax.make_array_from_process_local_data(built.images_sharding, next(it)["image"])
+      state, metrics = compiled(state, images)
+    jax.block_until_ready((state, metrics))
+    fed = (time.perf_counter() - t) / steps
     out[stage] = {"batch": batch, "crop": crop, "step_seconds": sec, "images_per_second": batch / sec,
                   "flops_per_step": flops, "achieved_flops_per_second": flops / sec,
-                  "mfu": flops / sec / peak}
-    log(f"train step {stage}: {batch / sec:.2f} img/s, {flops / sec / 1e9:.1f} GFLOP/s")
+                  "mfu": flops / sec / peak, "step_seconds_with_input": fed,
+                  "input_stall": fed / sec}
+    log(f"train step {stage}: {batch / sec:.2f} img/s, {flops / sec / 1e9:.1f} GFLOP/s, "
+        f"input stall {fed / sec:.3f}")
     del state
-  return {"mesh_devices": mesh.size, "stages": out}
+  return {"mesh_devices": mesh.size, "input_data": data, "stages": out}
 
 
 def photo_768x512() -> np.ndarray:
@@ -196,6 +219,68 @@ def grain_throughput(batches: int, log) -> dict:
   return out
 
 
+# Peak memory of one direction in a fresh process: `size` px square (0: a 64 px warm-up only).
+MEMORY_SCRIPT = r"""
+import json, sys
+import numpy as np
+from PIL import Image
+from hybridflow_jax.codec.api import Codec
+from hybridflow_jax.data import demo
+model, direction, size, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+codec = Codec.load(model)
+small = demo.load("all")["astronaut"][:64, :64]
+codec.decompress(codec.compress(small))
+
+def status(key):  # kiB, from Linux's /proc (ru_maxrss would include the parent's RSS at fork)
+  line = next(l for l in open("/proc/self/status") if l.startswith(key + ":"))
+  return int(line.split()[1])
+
+open("/proc/self/clear_refs", "w").write("5")      # resets the peak (VmHWM) to the current RSS
+before = status("VmRSS")
+if size:
+  image = np.asarray(Image.fromarray(demo.load("all")["astronaut"]).resize((size, size), Image.LANCZOS))
+  if direction == "compress":
+    open(path, "wb").write(codec.compress(image))
+  else:
+    codec.decompress(open(path, "rb").read())
+peak = status("VmHWM")
+# What XLA allocates for the program's intermediates (RSS also holds the compiler's own peak).
+import jax, jax.numpy as jnp
+n, h = codec.networks, -(-size // 16)
+if direction == "compress":
+  program = n._analysis.lower(n.params, jax.ShapeDtypeStruct((1, 16 * h, 16 * h, 3), jnp.float32))
+else:
+  program = n._render.lower(n.params, jax.ShapeDtypeStruct((h, h), jnp.int32),
+                            jax.ShapeDtypeStruct((h, h), bool),
+                            jax.ShapeDtypeStruct((h, h, codec.latent_channels), jnp.float32))
+temp = program.compile().memory_analysis().temp_size_in_bytes
+print(json.dumps({"rss_before_kib": before, "rss_peak_kib": peak, "xla_temp_bytes": temp}))
+"""
+
+
+def large_image_memory(model: str, size: int, log) -> dict:
+  """Peak resident memory (Linux: /proc's VmHWM) of compress and of decompress of a size x size
+  photo, each in a fresh process, above the same process after loading the model and coding a
+  64 px image (compilation for the large size included); and the bytes XLA allocates for the
+  intermediates of the one program that dominates each direction."""
+  out = {"image": f"{size}x{size}", "model": model}
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "large.hfc")
+    for direction in ("compress", "decompress"):
+      r = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, model, direction, str(size), path],
+                         capture_output=True, text=True, timeout=900, cwd=ROOT)
+      if r.returncode != 0:
+        raise SystemExit(f"large-image {direction} failed: {r.stderr.strip().splitlines()[-1]}")
+      m = json.loads(r.stdout.strip().splitlines()[-1])
+      extra = (m["rss_peak_kib"] - m["rss_before_kib"]) * 1024
+      out[direction] = {"peak_rss_mib": m["rss_peak_kib"] / 1024,
+                        "above_loaded_model_mib": extra / 2**20,
+                        "float32_rgb_image_copies": extra / (size * size * 3 * 4),
+                        "xla_intermediates_mib": m["xla_temp_bytes"] / 2**20}
+      log(f"{size}x{size} {direction}: +{extra / 2**20:.0f} MiB over the loaded model")
+  return out
+
+
 PEER_SCRIPT = r"""
 import json, statistics, sys, time
 import numpy as np, torch
@@ -287,7 +372,10 @@ def main():
   parser.add_argument("--reps", type=int, default=3, help="timed codec runs")
   parser.add_argument("--peer-python", "--peer_python", dest="peer_python", default=None,
                       help="an interpreter where compressai imports")
-  parser.add_argument("--skip", default="", help="comma-separated parts to skip: train,codec,grain")
+  parser.add_argument("--skip", default="",
+                      help="comma-separated parts to skip: train,codec,grain,memory")
+  parser.add_argument("--large-size", type=int, default=2048,
+                      help="side of the square photo whose peak memory is measured")
   args = parser.parse_args()
   log = lambda m: print(m, file=sys.stderr, flush=True)
   skip = set(filter(None, args.skip.split(",")))
@@ -314,6 +402,8 @@ def main():
                                     None if args.model == "untrained" else args.model)
   if "grain" not in skip:
     result["grain"] = grain_throughput(10, log)
+  if "memory" not in skip and args.model != "untrained":
+    result["large_image_memory"] = large_image_memory(args.model, args.large_size, log)
   if args.peer_python:
     with tempfile.TemporaryDirectory() as tmp:
       from PIL import Image
