@@ -105,7 +105,8 @@ def train_throughput(cfg, peak: float, steps: int, log) -> dict:
     # The same steps fed as the trainer feeds them: the next batch from the grain pipeline is read
     # while the previous step runs (dispatch is asynchronous), then placed on the mesh.
     it = pipeline.train_iterator(data, crop=crop, batch_size=batch, seed=0,
-                                 workers=cfg.data.workers, prefetch=cfg.data.prefetch)
+                                 workers=cfg.data.workers, prefetch=cfg.data.prefetch,
+                                 cache_mb=cfg.data.cache_mb)
     next(it)
     t = time.perf_counter()
     for _ in range(steps):

@@ -123,6 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
   d.eval_limit = 8                      # at most this many held-out images per evaluation
   d.workers = 8                         # grain worker processes per host (0 = in-process)
   d.prefetch = 2                        # batches prefetched per worker
+  d.cache_mb = 512                      # decoded images kept per process/worker (MiB; 0: none)
 
   # Mesh axes and their sizes (-1: all remaining devices); the batch is split over data and fsdp.
   c.mesh = (("data", -1), ("fsdp", 1))

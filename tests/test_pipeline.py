@@ -115,6 +115,38 @@ def test_same_seed_same_batches_and_resume_is_exact(bad_folder):
     it.close()
 
 
+def test_decoded_image_cache_gives_the_same_batches_and_decodes_each_image_once(tmp_path,
+                                                                               monkeypatch):
+  rng = np.random.default_rng(11)
+  ours = set()
+  for i in range(8):
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), np.uint8)).save(tmp_path / f"n{i}.png")
+    ours.add((tmp_path / f"n{i}.png").read_bytes())
+  decoded = []  # decodes of this test's files (other tests' iterators may still be running)
+  real = pl.decode_image
+  monkeypatch.setattr(pl, "decode_image",
+                      lambda payload: (bytes(payload) in ours and decoded.append(1)) or real(payload))
+  kw = dict(crop=16, batch_size=4, seed=5, prefetch=0)
+  plain = _take(pl.train_iterator(str(tmp_path), **kw), 6)     # 24 draws of 8 images
+  assert len(decoded) == 24
+  decoded.clear()
+  cached = _take(pl.train_iterator(str(tmp_path), **kw, cache_mb=1), 6)
+  assert len(decoded) == 8
+  _assert_same_batches(plain, cached)
+  # A budget smaller than one image (40x40x3 bytes) keeps nothing; a worker's copy (pickled, as
+  # spawned workers get it) starts with an empty cache of the same budget.
+  record = pl.make_source(str(tmp_path))[0]
+  for budget, decodes in ((100, 2), (4800, 1)):
+    decoded.clear()
+    transform = pl.DecodeAndCrop(16, cache_bytes=budget)
+    for _ in range(2):
+      assert transform.random_map(record, np.random.default_rng(0))["ok"]
+    assert len(decoded) == decodes, budget
+  decoded.clear()
+  pickle.loads(pickle.dumps(transform)).random_map(record, np.random.default_rng(0))
+  assert len(decoded) == 1
+
+
 def test_processes_draw_disjoint_images(coded_folder):
   spec = str(coded_folder)
   source = pl.make_source(spec)

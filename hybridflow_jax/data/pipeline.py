@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import os
 import pathlib
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -261,16 +262,43 @@ class DecodeAndCrop(grain.transforms.RandomMap):
 
   A random crop and a random horizontal flip; images smaller than the crop are upscaled first. An
   undecodable record gives ok=False and a zero image (the same structure, so it can cross processes).
+
+  Decoded (and upscaled) images are kept, by source index, until they fill `cache_bytes` per
+  process: a small dataset is then decoded once per process instead of once per draw (on a 2-core
+  machine decoding took the cores the train step needed; docs/benchmarks.md). Decoding is
+  deterministic, so batches are the same with or without the cache.
   """
 
-  def __init__(self, crop: int):
+  def __init__(self, crop: int, cache_bytes: int = 0):
     self.crop = crop
+    self.cache_bytes = int(cache_bytes)
+    self._cache: dict[int, np.ndarray] = {}
+    self._cached = 0
+    self._lock = threading.Lock()
+
+  def __getstate__(self):  # workers are spawned: each builds its own cache
+    return {"crop": self.crop, "cache_bytes": self.cache_bytes}
+
+  def __setstate__(self, state):
+    self.__init__(state["crop"], state["cache_bytes"])
+
+  def _decoded(self, record: dict[str, Any]) -> np.ndarray:
+    index = int(record["index"])
+    img = self._cache.get(index)
+    if img is None:
+      img = upscale_to(decode_image(record["payload"]), self.crop)
+      with self._lock:
+        if index not in self._cache and self._cached + img.nbytes <= self.cache_bytes:
+          img.setflags(write=False)
+          self._cache[index] = img
+          self._cached += img.nbytes
+    return img
 
   def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     out = {"index": int(record["index"]), "name": record["name"], "ok": False, "error": record["error"]}
     if not out["error"]:
       try:
-        img = upscale_to(decode_image(record["payload"]), self.crop)
+        img = self._decoded(record)
         top = int(rng.integers(0, img.shape[0] - self.crop + 1))
         left = int(rng.integers(0, img.shape[1] - self.crop + 1))
         img = img[top:top + self.crop, left:left + self.crop]
@@ -370,7 +398,8 @@ def _ensure_absl_flags_parsed() -> None:
 
 
 def train_iterator(spec: str, *, crop: int, batch_size: int, seed: int, process_index: int = 0,
-                   process_count: int = 1, workers: int = 0, prefetch: int = 2) -> grain.DatasetIterator:
+                   process_count: int = 1, workers: int = 0, prefetch: int = 2,
+                   cache_mb: int = 0) -> grain.DatasetIterator:
   """An infinite iterator of this process's training batches from the data spec `spec`.
 
   Each batch is a dict of numpy arrays:
@@ -390,13 +419,15 @@ def train_iterator(spec: str, *, crop: int, batch_size: int, seed: int, process_
     seed: seeds the shuffle and the augmentation; the same seed gives the same batches.
     workers: decode in this many worker processes (spawned; 0 decodes in threads of this process).
     prefetch: batches kept ready by a background thread (0: none, everything runs synchronously).
+    cache_mb: decoded images kept per process (and per worker), in MiB (0: decode every draw).
 
   The iterator supports `get_state()` / `set_state(state)` (JSON-serialisable state): a fresh
   iterator built with the same arguments and given a saved state continues with the same batches.
   Call `close()` when done with it to stop worker processes early.
   """
   limits = (("crop", crop, 1), ("batch_size", batch_size, 1), ("seed", seed, 0),
-            ("process_count", process_count, 1), ("workers", workers, 0), ("prefetch", prefetch, 0))
+            ("process_count", process_count, 1), ("workers", workers, 0), ("prefetch", prefetch, 0),
+            ("cache_mb", cache_mb, 0))
   for name, value, low in limits:
     if int(value) < low:
       raise ValueError(f"{name} must be >= {low}, got {value}")
@@ -406,7 +437,8 @@ def train_iterator(spec: str, *, crop: int, batch_size: int, seed: int, process_
 
   ds = grain.MapDataset.source(source).seed(seed)
   ds = ds.shuffle()  # shuffles epoch e with seed + e: index e * len + i is element i of epoch e
-  ds = ds.random_map(DecodeAndCrop(crop))  # seeded by the global index, so epochs crop differently
+  # Seeded by the global index, so epochs crop differently.
+  ds = ds.random_map(DecodeAndCrop(crop, cache_mb * 2**20))
   ds = ds.repeat()
   ds = ds[process_index::process_count]
 

@@ -141,7 +141,7 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
   data_iter = pipeline.train_iterator(
       cfg.data.train, crop=compiled.crop, batch_size=cfg.train.batch_size // jax.process_count(),
       seed=cfg.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-      workers=cfg.data.workers, prefetch=cfg.data.prefetch)
+      workers=cfg.data.workers, prefetch=cfg.data.prefetch, cache_mb=cfg.data.get("cache_mb", 0))
 
   # --- Resume ------------------------------------------------------------------------------------
   checkpoints = ckpt_lib.StageCheckpoints(folder.checkpoints, cfg.train.keep_checkpoints,
