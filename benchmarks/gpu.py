@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import pathlib
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -135,16 +134,8 @@ def stage_mfu(cfg, stage, peak: float, *, probe: int, max_batch: int, steps: int
       log(f"{stage}: batch {batch} does not fit; halving")
       state = x = None
       batch //= 2
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list | tuple) else cost
-  flops = float(cost.get("flops", float("nan")))
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    state, metrics = compiled(state, x)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - t)
-  sec = statistics.median(times)
+  flops = cpu_bench.step_flops(compiled)
+  _, sec = cpu_bench.time_steps(compiled, state, x, steps)
   return {"batch": batch, "crop": built.crop, "step_seconds": sec, "images_per_second": batch / sec,
           "flops_per_step": flops, "achieved_flops_per_second": flops / sec, "mfu": flops / sec / peak,
           "seconds_with_compilation": time.perf_counter() - t0}

@@ -60,6 +60,25 @@ def matmul_peak(n: int = 2048, reps: int = 5) -> float:
   return 2 * n**3 / _median_time(lambda: f(a).block_until_ready(), reps)
 
 
+def step_flops(compiled) -> float:
+  """FLOPs of one call of a compiled step, from XLA's cost analysis."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list | tuple) else cost
+  return float(cost.get("flops", float("nan")))
+
+
+def time_steps(compiled, state, x, steps: int):
+  """(state after `steps` more steps, median seconds per step); the step donates its state."""
+  import jax
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    state, metrics = compiled(state, x)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - t)
+  return state, statistics.median(times)
+
+
 def train_throughput(cfg, peak: float, steps: int, log) -> dict:
   import jax
 
@@ -90,18 +109,10 @@ def train_throughput(cfg, peak: float, steps: int, log) -> dict:
     step = built.step
     log(f"train step {stage}: compiling")
     compiled = step.lower(state, x).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    flops = float(cost.get("flops", float("nan")))
+    flops = step_flops(compiled)
     state, _ = compiled(state, x)
     jax.block_until_ready(state)
-    times = []
-    for _ in range(steps):
-      t = time.perf_counter()
-      state, metrics = compiled(state, x)
-      jax.block_until_ready((state, metrics))
-      times.append(time.perf_counter() - t)
-    sec = statistics.median(times)
+    state, sec = time_steps(compiled, state, x, steps)
     # The same steps fed as the trainer feeds them: the next batch from the grain pipeline is read
     # while the previous step runs (dispatch is asynchronous), then placed on the mesh.
     it = pipeline.train_iterator(data, crop=crop, batch_size=batch, seed=0,
