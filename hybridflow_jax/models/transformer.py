@@ -11,7 +11,7 @@ size (the edge ones padded and the padding masked out of attention), each attend
 to its own tokens and its own part of y_hat. With `window` the grid of the training crops, the
 model decodes every image on grids exactly like those it trained on; global attention over a
 768x512 photo's 48x32 grid instead predicted 3 % of the unsent tokens of the held-out photos
-against 16 % windowed (docs/results.md), and its cost grows with the square of the image area.
+against 12 % windowed (docs/results.md), and its cost grows with the square of the image area.
 """
 
 from __future__ import annotations
