@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 WORKDIR ?= runs/demo
+# Test processes (pytest-xdist); tests that share the tiny training run stay on one of them.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint install clean
 
@@ -28,7 +30,7 @@ lint: install
 	$(BIN)/ruff check hybridflow_jax tests configs benchmarks
 
 test: lint
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup tests
 
 clean:
 	rm -rf $(VENV) runs

@@ -142,9 +142,12 @@ def stage_mfu(cfg, stage, peak: float, *, probe: int, max_batch: int, steps: int
 
 
 def portable_files(cfg, image: np.ndarray, log) -> dict:
-  """A file made here, read in a CPU-only process: are the decoded symbols identical?"""
+  """A file made here, read in a CPU-only process: are the decoded symbols identical? And the
+  integer entropy parameters run on this device (not only the host CPU the codec uses): the same
+  bits as on the CPU?"""
   import jax
 
+  from hybridflow_jax.codec import entropy_parameters
   from hybridflow_jax.codec.api import Codec
   from hybridflow_jax.image_metrics import psnr_uint8
   from hybridflow_jax.models import hybridflow as hf
@@ -170,12 +173,24 @@ def portable_files(cfg, image: np.ndarray, log) -> dict:
     same = {k: bool(np.array_equal(np.asarray(v), cpu[f"symbol_{k}"]))
             for k, v in here.symbols.items()}
     read_on = json.loads(r.stdout.strip().splitlines()[-1])["backend"]
+    frozen = bundle_entropy_model(bundle)
+    z = jax.numpy.asarray(here.symbols["z"][None].astype(np.int32))
+    program = jax.jit(lambda z: entropy_parameters.integer_forward(frozen, z))
+    on_device = jax.device_get(program(jax.device_put(z, jax.devices()[0])))
+    on_cpu = jax.device_get(program(jax.device_put(z, jax.devices("cpu")[0])))
     out = {"made_on": jax.default_backend(), "read_on": read_on,
+           "entropy_parameters_device_equals_cpu": all(
+               bool(np.array_equal(a, b)) for a, b in zip(on_device, on_cpu)),
            "bytes": len(data), "symbols_identical": same,
            "pixels_differing": float(np.mean(decoded_here != cpu["image"])),
            "psnr_between_decodes": psnr_uint8(decoded_here, cpu["image"])}
   log(f"portable files: {out}")
   return out
+
+
+def bundle_entropy_model(path):
+  from hybridflow_jax.codec import bundle as bundle_lib
+  return bundle_lib.read(path)["entropy_model"]
 
 
 def main():

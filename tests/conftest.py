@@ -39,6 +39,27 @@ def bundle_dir(tiny_run, compile_cache, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def codec(bundle_dir):
+  """The tiny trained model's bundle, loaded."""
+  from hybridflow_jax.codec.api import Codec
+  return Codec.load(bundle_dir[0])
+
+
+CROP = (256, 384)  # every demo photo is at least 300 x 451
+
+
+@pytest.fixture(scope="session")
+def photos():
+  """The ten demo photos, center crops of CROP (one shape: one compilation)."""
+  from hybridflow_jax.data import demo
+  out = {}
+  for name, img in demo.load("all").items():
+    top, left = (img.shape[0] - CROP[0]) // 2, (img.shape[1] - CROP[1]) // 2
+    out[name] = img[top:top + CROP[0], left:left + CROP[1]]
+  return out
+
+
+@pytest.fixture(scope="session")
 def untrained_bundle(tiny_config, tiny_params, tmp_path_factory):
   """The untrained tiny params exported as a bundle (no training): a second model, cheaply."""
   from hybridflow_jax.train import export
@@ -69,3 +90,12 @@ def images():
   from skimage import data
   crops = [data.astronaut()[100:164, 200:264], data.coffee()[150:214, 300:364]]
   return jax.numpy.asarray(np.stack(crops).astype(np.float32) / 255.0)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+  """Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`): every test that needs the tiny
+  training run goes to the same worker, so the run is trained once, not once per worker."""
+  for item in items:
+    if "tiny_run" in getattr(item, "fixturenames", ()):
+      item.add_marker(pytest.mark.xdist_group("tiny_run"))

@@ -11,8 +11,7 @@ declares, in order; `docs/bitstream.md` describes both. The sender runs its netw
 the receiver decodes them in the same order, fills the untransmitted indices with the masked token
 transformer and renders the image with the bridging decoder (`networks`). The encoder never sends
 anything the receiver could not recompute. The mean and table row of every latent come from one
-isolated function pinned to the host CPU (`entropy_parameters`), so a file decodes to the same
-image in every process on CPU machines like the one that wrote it.
+integer network (`entropy_parameters`), so every machine decodes the same symbols from a file.
 
 Nothing here imports the training code: a bundle, flax and the model definition are enough.
 """
@@ -66,8 +65,7 @@ class Codec:
     self.model = hf.build_model(self.config)
     self.params = jax.tree.map(jnp.asarray, bundle["params"])
     self.networks = Networks(self.model, self.params, mcfg.masking)
-    self.entropy_parameters = entropy_parameters.on_host_cpu(
-        self.model, bundle["params"], np.asarray(bundle["scales"], np.float64))
+    self.entropy_parameters = entropy_parameters.on_host_cpu(bundle["entropy_model"])
     self.coding = CodingModel(
         tables=self.tables, hyper_channels=int(mcfg.continuous.hyper_channels), stride=hf.STRIDE,
         hyper_stride=HYPER_STRIDE, region=int(mcfg.masking.region),

@@ -1,15 +1,16 @@
-"""The exported model: an inference bundle, a directory that `Codec.load` reads (numpy only here).
+"""The exported model: an inference bundle, a directory that `Codec.load` reads.
 
     MODEL_DIR/
       manifest.json   format, version, fingerprint, where the model came from, table statistics
       config.json     the run's config (`model` is what decoding needs)
       params.npz      inference params only, flattened "module/sub/param" -> float32 array
-      tables.npz      the frozen entropy-coding tables (integer CDFs) and the Gaussian scale table
+      tables.npz      the frozen entropy-coding tables (integer CDFs), the Gaussian scale table
+                      and the integer entropy-parameter network (`hs_*`, codec/entropy_parameters.py)
 
 The fingerprint is the SHA-256 of the decoding-relevant content: the model config, every parameter
-(name, shape, dtype, bytes) and every table. Files carry its first 4 bytes, so a file made with
-another model is refused instead of decoded into garbage; `read` recomputes it, so a bundle edited
-after export is refused too.
+(name, shape, dtype, bytes), every table and the integer entropy-parameter network. Files carry its
+first 4 bytes, so a file made with another model is refused instead of decoded into garbage; `read`
+recomputes it, so a bundle edited after export is refused too.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from hybridflow_jax.codec.entropy_parameters import IntegerEntropyModel
 from hybridflow_jax.codec.tables import CdfTable
 
 FORMAT = "hybridflow-bundle"
-VERSION = 1
+# 2: the entropy parameters are an integer network stored with the tables (version 1 computed them
+# in float32 from params.npz, which does not decode the same on every machine).
+VERSION = 2
 FILES = ("manifest.json", "config.json", "params.npz", "tables.npz")
 TABLES = ("z", "y", "index")  # CdfTables, stored with these prefixes
 
@@ -61,7 +65,8 @@ def unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 
 def fingerprint(model_config: Mapping, params: Mapping[str, np.ndarray],
-                tables: Mapping[str, CdfTable], scales: np.ndarray) -> str:
+                tables: Mapping[str, CdfTable], scales: np.ndarray,
+                entropy_model: IntegerEntropyModel) -> str:
   """Hex SHA-256 of what decoding depends on (see the module docstring)."""
   h = hashlib.sha256(f"{FORMAT}/{VERSION}\n".encode())
   h.update(json.dumps(model_config, sort_keys=True, default=list).encode())
@@ -73,19 +78,22 @@ def fingerprint(model_config: Mapping, params: Mapping[str, np.ndarray],
     h.update(f"\ntable {name}\n".encode())
     h.update(tables[name].digest())
   h.update(np.ascontiguousarray(scales, dtype="<f8").tobytes())
+  h.update(b"\nentropy model\n")
+  h.update(entropy_model.digest())
   return h.hexdigest()
 
 
 def assemble(config: Mapping, params: Mapping[str, Any], tables: Mapping[str, CdfTable],
-             scales: np.ndarray, info: Mapping[str, Any]) -> dict[str, Any]:
+             scales: np.ndarray, entropy_model: IntegerEntropyModel,
+             info: Mapping[str, Any]) -> dict[str, Any]:
   """The in-memory bundle `read` would return for these parts (fingerprinted, float32 params):
   what `write` stores, and what `Codec` takes directly (e.g. to evaluate a run without writing)."""
   flat = {k: np.asarray(v, dtype=np.float32) for k, v in flatten(params).items()}
   config = json.loads(json.dumps(config, default=list))
-  fp = fingerprint(config["model"], flat, tables, scales)
+  fp = fingerprint(config["model"], flat, tables, scales, entropy_model)
   manifest = {"format": FORMAT, "version": VERSION, "fingerprint": fp, **info}
   return {"manifest": manifest, "config": config, "params": unflatten(flat), "tables": tables,
-          "scales": np.asarray(scales, np.float64)}
+          "scales": np.asarray(scales, np.float64), "entropy_model": entropy_model}
 
 
 def check_destination(out: str | os.PathLike, force: bool = False) -> pathlib.Path:
@@ -98,23 +106,10 @@ def check_destination(out: str | os.PathLike, force: bool = False) -> pathlib.Pa
   return out
 
 
-def write(out: str | os.PathLike, config: Mapping, params: Mapping[str, Any],
-          tables: Mapping[str, CdfTable], scales: np.ndarray, info: Mapping[str, Any],
-          force: bool = False) -> dict[str, Any]:
-  """Writes a bundle to `out` and returns its manifest.
-
-  config: the whole config as plain data (its "model" entry is fingerprinted); params: a nested
-  dict of arrays (inference params only); tables: CdfTables named by TABLES; scales: float64 [L]
-  Gaussian scales of the y table's rows; info: extra manifest entries (provenance, statistics).
-  An existing non-empty `out` is refused unless `force`; then it is replaced only once the new
-  bundle is complete (written next to it, then renamed).
-  """
-  out = check_destination(out, force)
-  return store(out, assemble(config, params, tables, scales, info), force)
-
-
 def store(out: str | os.PathLike, b: Mapping[str, Any], force: bool = False) -> dict[str, Any]:
-  """Writes a bundle `assemble` made (see `write`); returns its manifest."""
+  """Writes a bundle `assemble` made to `out` and returns its manifest. An existing non-empty
+  `out` is refused unless `force`; then it is replaced only once the new bundle is complete
+  (written next to it, then renamed)."""
   out = check_destination(out, force)
   flat, config, manifest = flatten(b["params"]), b["config"], b["manifest"]
   tables, scales = b["tables"], b["scales"]
@@ -125,6 +120,7 @@ def store(out: str | os.PathLike, b: Mapping[str, Any], force: bool = False) -> 
     arrays = {"scales": np.asarray(scales, np.float64)}
     for name in TABLES:
       arrays.update(tables[name].to_arrays(prefix=f"{name}_"))
+    arrays.update(b["entropy_model"].to_arrays())
     np.savez(tmp / "tables.npz", **arrays)
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -143,7 +139,8 @@ def store(out: str | os.PathLike, b: Mapping[str, Any], force: bool = False) -> 
 
 
 def read(path: str | os.PathLike) -> dict[str, Any]:
-  """Reads and verifies a bundle: {"manifest", "config", "params" (nested), "tables", "scales"}."""
+  """Reads and verifies a bundle: {"manifest", "config", "params" (nested), "tables", "scales",
+  "entropy_model"}."""
   path = pathlib.Path(path)
   if not path.is_dir():
     raise BundleError(f"no model bundle at {path} (not a directory; make one with hybridflow export)")
@@ -157,20 +154,22 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
       raise BundleError(f"{path}: manifest.json is not a {FORMAT} manifest")
     if manifest.get("version") != VERSION:
       raise BundleError(f"{path}: bundle version {manifest.get('version')} is not supported "
-                        f"(this reader reads version {VERSION})")
+                        f"(this reader reads version {VERSION}); export the model again with "
+                        "this version's hybridflow export")
     with np.load(path / "params.npz", allow_pickle=False) as f:
       flat = {k: f[k] for k in f.files}
     with np.load(path / "tables.npz", allow_pickle=False) as f:
       arrays = {k: f[k] for k in f.files}
     tables = {name: CdfTable.from_arrays(arrays, prefix=f"{name}_") for name in TABLES}
     scales = arrays["scales"]
+    entropy_model = IntegerEntropyModel.from_arrays(arrays)
   except BundleError:
     raise
   except Exception as e:  # json, zip, missing keys, bad tables: all mean a damaged bundle
     raise BundleError(f"{path}: damaged bundle ({type(e).__name__}: {e})") from None
-  fp = fingerprint(config["model"], flat, tables, scales)
+  fp = fingerprint(config["model"], flat, tables, scales, entropy_model)
   if fp != manifest.get("fingerprint"):
     raise BundleError(f"{path}: content does not match its fingerprint (modified or damaged "
                       "after export); export it again")
   return {"manifest": manifest, "config": config, "params": unflatten(flat), "tables": tables,
-          "scales": scales}
+          "scales": scales, "entropy_model": entropy_model}

@@ -93,19 +93,25 @@ class ContinuousOnlyCodec:
   `codec.payload` only, and a synthesis transform from y_hat to pixels.
 
   stream: the hyperprior's params (the layout of `params["continuous"]`); synthesize: a flax
-  method (module, y_hat [1, h, w, M]) -> image, applied to `params`.
+  method (module, y_hat [1, h, w, M]) -> image, applied to `params`; prior_images: how many
+  training images calibrate its integer entropy parameters, as export does.
   """
 
-  def __init__(self, config, params, stream, synthesize, counts: np.ndarray):
+  def __init__(self, config, params, stream, synthesize, prior_images: int | None):
     self.model = hf.build_model(config)
     self.params = params
     # The hybrid codec's machinery on this hyperprior: a bundle whose `continuous` params are the
     # stream's (its index table is never used).
     swapped = dict(params)
     swapped["continuous"] = {**params["continuous"], **stream}
-    tables, scales, _ = export.build_tables(swapped, counts)
+    measured = export.measure_tiles(self.model, swapped, config.data.train,
+                                    int(config.eval_size), prior_images, log=lambda _: None)
+    # Its index table is never used: uniform counts.
+    counts = np.ones(int(config.model.vq.num_codes), np.int64)
+    tables, scales, entropy_model, _ = export.build_tables(swapped, counts, measured.z)
     self.codec = Codec(bundle_lib.assemble(config.to_dict(), export.inference_params(swapped),
-                                           tables, scales, {"note": "continuous-only (ablation)"}))
+                                           tables, scales, entropy_model,
+                                           {"note": "continuous-only (ablation)"}))
     model = self.model
     self._synthesize = jax.jit(lambda params, y_hat: model.apply(
         {"params": params}, y_hat[None], method=synthesize)[0])
@@ -143,17 +149,18 @@ def load(workdir, *, baseline_workdir=None, prior_images: int | None = 1000,
                               log=log)
   codec = Codec(bundle)
   decoders = _Decoders(codec.model, jax.tree.map(jnp.asarray, params))
-  counts = np.ones(int(config.model.vq.num_codes), np.int64)
   full = dict(jax.tree.map(np.asarray, params))
   # The hybrid's own side stream decoded by the light head it was trained with.
   continuous = {"continuous head": ContinuousOnlyCodec(
-      config, full, full["continuous"], lambda m, y: m.continuous.synthesis_head(y), counts)}
+      config, full, full["continuous"], lambda m, y: m.continuous.synthesis_head(y),
+      prior_images)}
   stage = RunDir(baseline_workdir or workdir).stage("baseline")
   if stage.is_done():
     base = ckpt_lib.load_params(stage.params, hf.param_shapes(codec.model))
     full["baseline"] = jax.tree.map(np.asarray, base["baseline"])
     continuous["continuous-only"] = ContinuousOnlyCodec(
-        config, full, full["baseline"]["stream"], lambda m, y: m.baseline.synthesis(y), counts)
+        config, full, full["baseline"]["stream"], lambda m, y: m.baseline.synthesis(y),
+        prior_images)
   else:
     log(f"no finished baseline stage in {baseline_workdir or workdir}: no continuous-only row")
   return codec, decoders, continuous, config

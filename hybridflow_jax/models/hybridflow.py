@@ -88,12 +88,6 @@ class HybridFlow(nn.Module):
     """h_s: z_hat [B, hz, wz, Nz] -> (mean, scale) of y, each [B, hw[0], hw[1], M]."""
     return self.continuous.entropy_parameters(z_hat, hw)
 
-  @staticmethod
-  def entropy_parameter_params(params):
-    """The part of the params that `entropy_parameters` reads (h_s), in the same nested layout:
-    the codec pins just these to the host CPU."""
-    return {"continuous": {"hyper_synthesis": params["continuous"]["hyper_synthesis"]}}
-
   def decode_codebook(self, quantized: jax.Array) -> jax.Array:
     """G_vq on codewords: quantized [B, h, w, D] -> image [B, 16h, 16w, 3]."""
     return self.pixel_decoder(quantized)

@@ -8,13 +8,16 @@ What is frozen here, once, so that every later file decodes the same:
   continuous stream's light synthesis head);
 - the hyper-latent's factorized prior, as one integer CDF per channel (`factorized_table`);
 - the Gaussian conditional, as one integer CDF per scale of a log-spaced scale table;
+- the hyper-synthesis h_s, which picks each y symbol's mean and table row, as an integer network
+  (`codec.entropy_parameters.freeze`), so that files decode the same on every machine;
 - the prior of sent codeword indices, from codeword counts measured by tokenizing the run's training
   data (`index_prior_table`; counts are smoothed and mixed with the uniform distribution, so no
-  index is ever uncodable).
+  index is ever uncodable); the integer h_s is calibrated on z_hat of the same tiles.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 from importlib.metadata import version
@@ -27,6 +30,7 @@ import numpy as np
 
 from hybridflow_jax import __version__, stages
 from hybridflow_jax.codec import bundle as bundle_lib
+from hybridflow_jax.codec import entropy_parameters
 from hybridflow_jax.codec import tables as tables_lib
 from hybridflow_jax.config import validate
 from hybridflow_jax.data import pipeline
@@ -39,6 +43,10 @@ GAUSSIAN_SCALES = dict(min_scale=0.11, max_scale=256.0, levels=128)
 TAIL_MASS = 1e-9
 DEFAULT_PRIOR_IMAGES = 1000
 _TILE_BATCH = 16
+# The integer h_s is calibrated on z_hat of a CALIBRATION_PX centre crop of each of the first
+# CALIBRATION_IMAGES training images: a 4x4 z grid, so the 3x3 convolutions see real neighbours.
+CALIBRATION_PX = 256
+CALIBRATION_IMAGES = 64
 
 
 def inference_params(params) -> dict[str, Any]:
@@ -53,27 +61,43 @@ def inference_params(params) -> dict[str, Any]:
   return tree
 
 
-def count_indices(model: hf.HybridFlow, params, data: str, tile: int,
-                  limit: int | None = DEFAULT_PRIOR_IMAGES, log=print) -> tuple[np.ndarray, int, int]:
-  """Codeword counts of the images of data spec `data`, tokenized in non-overlapping tiles of
-  `tile` px (images smaller than a tile are upscaled first). Returns (counts [K], images, tiles)."""
-  k = model.config.vq.num_codes
-  tokenize = jax.jit(lambda p, x: model.apply({"params": p}, x,
-                                             method=hf.HybridFlow.tokenize)["indices"])
-  counts = np.zeros(k, np.int64)
-  batch: list[np.ndarray] = []
-  images = tiles = 0
+@dataclasses.dataclass
+class TileStatistics:
+  """What export measures on the training data (`measure_tiles`).
 
-  def flush():
-    nonlocal tiles
-    if not batch:
-      return
-    x = np.zeros((_TILE_BATCH, tile, tile, 3), np.float32)
+  counts: int64 [K], how often each codeword was chosen in the tiles; z: int64 [N, 4, 4, Nz], z_hat
+  of a 256 px centre crop of each of the first CALIBRATION_IMAGES images (the integer h_s is
+  calibrated on it); images, tiles: how many were read.
+  """
+
+  counts: np.ndarray
+  z: np.ndarray
+  images: int
+  tiles: int
+
+
+def measure_tiles(model: hf.HybridFlow, params, data: str, tile: int,
+                  limit: int | None = DEFAULT_PRIOR_IMAGES, log=print) -> TileStatistics:
+  """Codeword counts of the images of data spec `data`, cut in non-overlapping tiles of `tile` px
+  (images smaller than a tile are upscaled first), and z_hat of their centre crops."""
+  k = model.config.vq.num_codes
+  v = lambda p: {"params": p}  # noqa: E731
+  tokenize = jax.jit(lambda p, x: model.apply(v(p), x, method=hf.HybridFlow.tokenize)["indices"])
+  hyper = jax.jit(lambda p, x: jnp.round(model.apply(
+      v(p), model.apply(v(p), x, method=hf.HybridFlow.analysis),
+      method=hf.HybridFlow.hyper_analysis)))
+  counts = np.zeros(k, np.int64)
+  zs: list[np.ndarray] = []
+  tiles: list[np.ndarray] = []
+  crops: list[np.ndarray] = []
+  images = n_tiles = 0
+
+  def run(program, batch, size):
+    x = np.zeros((_TILE_BATCH, size, size, 3), np.float32)
     x[:len(batch)] = np.stack(batch).astype(np.float32) / 255.0
-    idx = np.asarray(tokenize(params, jnp.asarray(x)))[:len(batch)]
-    counts[:] += np.bincount(idx.ravel(), minlength=k)
-    tiles += len(batch)
+    out = np.asarray(jax.device_get(program(params, jnp.asarray(x))))[:len(batch)]
     batch.clear()
+    return out
 
   # Unreadable images are the trainer's to report: skipped here without a word.
   for _, rgb in pipeline.readable_images(data, limit, log=lambda _: None):
@@ -81,24 +105,38 @@ def count_indices(model: hf.HybridFlow, params, data: str, tile: int,
     images += 1
     for top in range(0, img.shape[0] - tile + 1, tile):
       for left in range(0, img.shape[1] - tile + 1, tile):
-        batch.append(img[top:top + tile, left:left + tile])
-        if len(batch) == _TILE_BATCH:
-          flush()
-  flush()
-  if not tiles:
+        tiles.append(img[top:top + tile, left:left + tile])
+        n_tiles += 1
+        if len(tiles) == _TILE_BATCH:
+          counts += np.bincount(run(tokenize, tiles, tile).ravel(), minlength=k)
+    if images <= CALIBRATION_IMAGES:
+      big = pipeline.upscale_to(rgb, CALIBRATION_PX)
+      top, left = (big.shape[0] - CALIBRATION_PX) // 2, (big.shape[1] - CALIBRATION_PX) // 2
+      crops.append(big[top:top + CALIBRATION_PX, left:left + CALIBRATION_PX])
+      if len(crops) == _TILE_BATCH:
+        zs.extend(run(hyper, crops, CALIBRATION_PX).astype(np.int64))
+  if tiles:
+    counts += np.bincount(run(tokenize, tiles, tile).ravel(), minlength=k)
+  if crops:
+    zs.extend(run(hyper, crops, CALIBRATION_PX).astype(np.int64))
+  if not n_tiles:
     raise ValueError(f"data spec {data!r}: no readable images to measure the index prior on")
-  log(f"index prior: {tiles} tiles of {tile} px from {images} images of {data}")
-  return counts, images, tiles
+  log(f"index prior: {n_tiles} tiles of {tile} px from {images} images of {data}; entropy "
+      f"parameters calibrated on {len(zs)} of them")
+  return TileStatistics(counts, np.stack(zs), images, n_tiles)
 
 
-def build_tables(params, counts: np.ndarray):
-  """(tables {"z", "y", "index"}, Gaussian scales, statistics) for a model's params."""
+def build_tables(params, counts: np.ndarray, z_calibration: np.ndarray):
+  """(tables {"z", "y", "index"}, Gaussian scales, integer entropy model, statistics) for a model's
+  params; counts: codeword counts [K]; z_calibration: z_hat [T, hz, wz, Nz] of training tiles."""
   prior = jax.device_get(params["continuous"]["factorized_prior"])
   channels = np.asarray(prior["matrix0"]).shape[0]
   z_table = tables_lib.factorized_table(factorized_host_cdf(prior), channels, tail_mass=TAIL_MASS)
   scales = tables_lib.gaussian_scale_table(**GAUSSIAN_SCALES)
   y_table = tables_lib.gaussian_tables(scales, tail_mass=TAIL_MASS)
   index_table = tables_lib.index_prior_table(counts)
+  hs = jax.device_get(params["continuous"]["hyper_synthesis"])
+  entropy_model, hs_stats = entropy_parameters.freeze(hs, scales, z_calibration)
   total = counts.sum()
   p = counts[counts > 0] / max(total, 1)
   stats = {
@@ -107,8 +145,9 @@ def build_tables(params, counts: np.ndarray):
       "entropy_bits": float(-(p * np.log2(p)).sum()) if total else None,
       "prior_bits_per_index": tables_lib.expected_bits(index_table, counts) if total else None,
       "uniform_bits_per_index": math.log2(len(counts)),
+      "entropy_model": hs_stats,
   }
-  return {"z": z_table, "y": y_table, "index": index_table}, scales, stats
+  return {"z": z_table, "y": y_table, "index": index_table}, scales, entropy_model, stats
 
 
 def make_bundle(config: ml_collections.ConfigDict, params, *, data: str | None = None,
@@ -121,18 +160,22 @@ def make_bundle(config: ml_collections.ConfigDict, params, *, data: str | None =
   model = hf.build_model(config)
   data = data or config.data.train
   tile = int(config.eval_size)
-  counts, images, tiles = count_indices(model, params, data, tile, prior_images, log)
-  tables, scales, stats = build_tables(params, counts)
+  measured = measure_tiles(model, params, data, tile, prior_images, log)
+  tables, scales, entropy_model, stats = build_tables(params, measured.counts, measured.z)
+  hs_stats = stats.pop("entropy_model")
   info = {
       "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
       "hybridflow_jax": __version__,
       "entropy_coder": "constriction " + version("constriction"),
       **(provenance or {}),
-      "index_prior": {"data": data, "images": images, "tiles": tiles, "tile_px": tile, **stats},
+      "index_prior": {"data": data, "images": measured.images, "tiles": measured.tiles,
+                      "tile_px": tile, **stats},
       "tables": {"gaussian_scales": GAUSSIAN_SCALES, "tail_mass": TAIL_MASS,
                  "precision_bits": tables_lib.PRECISION},
+      "entropy_model": hs_stats,
   }
-  return bundle_lib.assemble(config.to_dict(), inference_params(params), tables, scales, info)
+  return bundle_lib.assemble(config.to_dict(), inference_params(params), tables, scales,
+                             entropy_model, info)
 
 
 def export_params(config: ml_collections.ConfigDict, params, out, *, data: str | None = None,
