@@ -41,10 +41,12 @@ def get_config():
   c.train.dead_code_every = 100
   c.train.log_every = 50
   c.train.checkpoint_every = 100
-  # Held at the hybrid's measured rate: the shipped model's real 1_4 files on the held-out photos
-  # cost 0.0296 bpp (docs/results.md), below matched_baseline_rate(256, 0.03) = 0.0378 because its
-  # side stream settles under its target. Real-file and training-crop rates agree to ~3 % here.
-  c.losses.baseline_rate_target = 0.0296
+  # The rate the baseline is held at on its training crops. The hybrid's real 1_4 files on the
+  # held-out photos cost 0.0296 bpp (docs/results.md); the held-out photos are smoother than the
+  # training crops, so a baseline held at 0.0296 in training wrote 0.0146 bpp files there
+  # (runs/small_baseline2), and one held at 0.065 writes ~0.040 (runs/small_baseline3, this value):
+  # the two bracket the hybrid, and the ablation compares at the hybrid's rate between them.
+  c.losses.baseline_rate_target = 0.065
   c.data.train = "folder:data/photos/train"
   c.data.eval = "folder:data/photos/heldout"
   c.data.eval_limit = 3

@@ -37,8 +37,10 @@ def test_ablation_writes_every_row_from_real_files(ablation):
     assert ("hybrid", point) in rows and ("codebook-only", point) in rows
   assert ("hybrid y=0", "1_4") in rows and ("continuous-only", "") in rows
   assert ("avif", "at hybrid 1_4") in rows
-  # Fewer sent indices, a smaller file; the codebook-only and y=0 rows decode the same file.
-  assert rows["hybrid", "1_16"]["bpp"] < rows["hybrid", "1_9"]["bpp"] <= rows["hybrid", "1_4"]["bpp"]
+  # Fewer sent indices, a smaller file (on this small crop 1_9 and 1_16 differ by one index, which
+  # can vanish in the coder's last byte); the codebook-only and y=0 rows decode the same file.
+  assert rows["hybrid", "1_16"]["bpp"] <= rows["hybrid", "1_9"]["bpp"] <= rows["hybrid", "1_4"]["bpp"]
+  assert rows["hybrid", "1_16"]["bpp"] < rows["hybrid", "1_4"]["bpp"]
   assert rows["codebook-only", "1_4"]["bpp"] == rows["hybrid", "1_4"]["bpp"]
   # The continuous-only codec's file holds z and y only, trained for the hybrid's 1_4 rate.
   assert 0 < rows["continuous-only", ""]["bpp"] < 1.0
