@@ -26,12 +26,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from run import _median_time  # noqa: E402  (benchmarks/run.py: the shared timing helper)
 
 SETTINGS = {
     "default": {},
@@ -42,15 +43,6 @@ SETTINGS = {
     "xnnpack": {"XLA_FLAGS": "--xla_cpu_use_xnnpack=true"},
     "x64": {"JAX_ENABLE_X64": "1"},
 }
-
-
-def _median_time(fn, reps: int) -> float:
-  times = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
 
 
 def float_entropy_parameters(codec):

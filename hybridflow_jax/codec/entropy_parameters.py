@@ -196,7 +196,8 @@ def _requantize(acc, shift: np.ndarray, limit: int):
 
 
 def _depth_to_space(x):
-  """[B, H, W, 4C] -> [B, 2H, 2W, C], the layout of `models.layers.depth_to_space`."""
+  """[B, H, W, 4C] -> [B, 2H, 2W, C], the layout of `models.layers.depth_to_space` (numpy or jax
+  arrays)."""
   b, h, w, c = x.shape
   x = x.reshape(b, h, w, 2, 2, c // 4).transpose(0, 1, 3, 2, 4, 5)
   return x.reshape(b, 2 * h, 2 * w, c // 4)
@@ -260,12 +261,6 @@ def _float_conv(a: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarr
   return cols @ kernel + bias
 
 
-def _np_depth_to_space(x: np.ndarray) -> np.ndarray:
-  b, h, w, c = x.shape
-  x = x.reshape(b, h, w, 2, 2, c // 4).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, 2 * h, 2 * w, c // 4)
-
-
 def float_layers(hs_params: Mapping[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
   """The float h_s params (`params["continuous"]["hyper_synthesis"]`) as (kernel [9Cin, Cout],
   bias [Cout]) float64 per layer, in order."""
@@ -282,7 +277,7 @@ def float_forward(hs_params: Mapping[str, Any], z_hat: np.ndarray
   for kernel, bias in layers[:-1]:
     x = _float_conv(a, kernel, bias)
     pre.append(x)
-    a = _np_depth_to_space(gelu(x))
+    a = _depth_to_space(gelu(x))
   out = _float_conv(a, *layers[-1])
   m = out.shape[-1] // 2
   return out[..., :m], np.logaddexp(0.0, out[..., m:]), pre
