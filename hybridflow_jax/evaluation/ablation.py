@@ -296,7 +296,7 @@ def _panel(first: tuple[str, np.ndarray], panel: dict[str, tuple[np.ndarray, dic
   fig = Figure(figsize=(2.8 * (len(shown) + 1), 2.8 * rgb.shape[0] / rgb.shape[1] + 0.6), dpi=120)
   axes = fig.subplots(1, len(shown) + 1, squeeze=False)[0]
   axes[0].imshow(rgb)
-  axes[0].set_title(f"original ({name[-20:]})", fontsize=7)
+  axes[0].set_title(f"original ({name.rsplit('/', 1)[-1][-24:]})", fontsize=7)
   for ax, key in zip(axes[1:], shown):
     image, row = panel[key]
     ax.imshow(image)
