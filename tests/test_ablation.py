@@ -47,6 +47,36 @@ def test_ablation_writes_every_row_from_real_files(ablation):
   for m in results["means"]:
     assert np.isfinite(m["psnr-rgb"]) and 0 <= m["lpips-alex"] < 2, m
   assert "| hybrid | 1_4 |" in r.stdout and "continuous-only" in r.stdout
+  # The claims are checked from the same means, and printed.
+  assert [c["check"].split()[0] for c in results["checks"]] == [
+      "hybrid", "continuous-only", "hybrid", "hybrid", "dynamic"]
+  assert "| check | measured |" in r.stdout and "| check |" in (out / "ablation.md").read_text()
+
+
+def _mean(method, point, bpp, psnr, lpips):
+  return {"method": method, "point": point, "bpp": bpp, "psnr-rgb": psnr, "lpips-alex": lpips}
+
+
+def test_ablation_checks_state_each_claim_and_refuse_unmatched_rates():
+  from hybridflow_jax.evaluation.ablation import checks
+
+  means = [_mean("hybrid", "1_4", 0.030, 21.0, 0.40), _mean("codebook-only", "1_4", 0.030, 18.5, 0.5),
+           _mean("hybrid", "1_9", 0.026, 20.8, 0.42), _mean("hybrid", "1_16", 0.024, 20.9, 0.43),
+           _mean("hybrid", "dynamic", 0.028, 20.95, 0.41),
+           _mean("continuous-only", "", 0.032, 20.0, 0.60)]
+  got = {c["check"].split(" (")[0]: c for c in checks(means)}
+  holds = {k: v["holds"] for k, v in got.items()}
+  assert holds == {"hybrid PSNR >= codebook-only + 2 dB": True,
+                   "continuous-only bpp within 10% of the hybrid's": True,
+                   "hybrid LPIPS <= 0.7 x continuous-only's": True,
+                   "hybrid PSNR ordered 1_4 >= 1_9 >= 1_16": False,       # 20.8 < 20.9
+                   "dynamic on or above the 1_9-1_4 line at its bpp": True}  # 20.95 vs 20.90
+  # A baseline 20 % off the hybrid's rate: its LPIPS ratio is reported, not judged.
+  means[-1] = _mean("continuous-only", "", 0.036, 20.0, 0.60)
+  got = {c["check"].split(" (")[0]: c for c in checks(means)}
+  assert got["continuous-only bpp within 10% of the hybrid's"]["holds"] is False
+  assert got["hybrid LPIPS <= 0.7 x continuous-only's"]["holds"] is None
+  assert "(0.67 x)" in got["hybrid LPIPS <= 0.7 x continuous-only's"]["measured"]
 
 
 def test_ablation_refuses_to_overwrite_and_needs_the_matched_point(ablation, tiny_run, tmp_path):

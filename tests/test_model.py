@@ -140,3 +140,27 @@ def test_kmeans_codebook_finds_separated_clusters():
   # Fewer latents than codes: every code is still finite and near the data.
   few = np.asarray(kmeans_codebook(jnp.asarray(latents[:3]), 8, jax.random.PRNGKey(0), 5))
   assert np.isfinite(few).all() and np.abs(few - latents[0]).max() < 1.0
+
+
+def test_transposed_conv5x5_is_the_transposed_convolution():
+  """The phase-convolution layer equals a 5x5 stride-2 transposed convolution (CompressAI's
+  padding 2, output padding 1), computed here as the gradient of the strided convolution it
+  transposes, on odd and even sizes."""
+  from hybridflow_jax.models.layers import TransposedConv5x5
+
+  layer = TransposedConv5x5(4)
+  for h, w in ((5, 7), (4, 6)):
+    x = jax.random.normal(jax.random.PRNGKey(h), (2, h, w, 3))
+    params = layer.init(jax.random.PRNGKey(1), x)
+    params = jax.tree.map(lambda a: a + 0.1, params)               # a non-zero bias too
+    kernel, bias = params["params"]["kernel"], params["params"]["bias"]   # [5, 5, in, out]
+    # conv(u)[i] = sum_k u[2i + k - 2] kernel[k]: [2h, 2w, out] -> [h, w, in]; its transpose maps
+    # x to out[o] = sum_{2i + k - 2 = o} x[i] kernel[k], the transposed convolution.
+    conv = lambda u, k=kernel: jax.lax.conv_general_dilated(
+        u, k.transpose(0, 1, 3, 2), (2, 2), ((2, 1), (2, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    _, transpose = jax.vjp(conv, jnp.zeros((2, 2 * h, 2 * w, 4)))
+    (want,) = transpose(x)
+    got = layer.apply(params, x)
+    assert got.shape == (2, 2 * h, 2 * w, 4)
+    np.testing.assert_allclose(got, want + bias, atol=1e-5)

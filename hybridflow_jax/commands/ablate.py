@@ -44,4 +44,6 @@ def run(ns) -> None:
   results = ablation.run(codec, decoders, continuous, images, out, schedules=points,
                          avif=ns.avif, log=log)
   print(ablation.table(results))
+  print()
+  print(ablation.checks_table(results["checks"]))
   print(f"wrote {out}/ ({', '.join(ablation.FILES)})")

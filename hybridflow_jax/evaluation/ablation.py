@@ -21,7 +21,10 @@ so they carry its bpp). PSNR, MS-SSIM and LPIPS (AlexNet) per image, and for the
 the transformer's accuracy on the indices the file did not send (`token_acc`); the means go to
 `ablation.json`, `ablation.md` (a table), `ablation.png` (bpp against PSNR and LPIPS) and
 `panel.png` (the first image: original | hybrid per schedule | codebook-only 1_4 |
-continuous-only | AVIF, with bpp and PSNR under each).
+continuous-only | AVIF, with bpp and PSNR under each). `checks` (in the JSON, and a second table)
+states each claim on those means: hybrid vs codebook-only PSNR, continuous-only's rate against the
+hybrid's (the LPIPS ratio is judged only when the two are within 10 %), the PSNR order of the fixed
+schedules, and dynamic against the line between the fixed points around its bpp.
 """
 
 from __future__ import annotations
@@ -188,9 +191,10 @@ def run(codec: Codec, decoders: _Decoders, continuous: dict[str, ContinuousOnlyC
         panel[f"{method} {point}".strip()] = (decoded, row)
     log(f"ablation: {name} done ({n + 1}/{len(images)})")
   results = {"images": [name for name, _ in images], "rows": rows, "means": _means(rows)}
+  results["checks"] = checks(results["means"])
   out.mkdir(parents=True, exist_ok=True)
   (out / "ablation.json").write_text(json.dumps(_json_safe(results), indent=1) + "\n")
-  (out / "ablation.md").write_text(table(results) + "\n")
+  (out / "ablation.md").write_text(table(results) + "\n\n" + checks_table(results["checks"]) + "\n")
   _figure(results, out / "ablation.png")
   _panel(images[0], panel, out / "panel.png")
   return results
@@ -241,6 +245,73 @@ def _means(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     mean = {m: _nanmean([r.get(m, math.nan) for r in mine]) for m in METRICS}
     out.append({"method": method, "point": point, "images": len(mine), **mean})
   return out
+
+
+# The paper's claims as the issue states them (hybrid at the reference point, means over images).
+MATCHED_RATE_TOLERANCE = 0.10    # continuous-only's bpp within 10 % of the hybrid's
+LPIPS_RATIO = 0.7                # hybrid LPIPS <= 0.7 x continuous-only's
+FIDELITY_GAIN_DB = 2.0           # hybrid PSNR >= codebook-only + 2 dB
+
+
+def checks(means: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The paper's claims measured on these means: [{"check", "measured", "holds"}], one per claim
+  whose rows are present. `holds` is None where the comparison is not valid (rates not matched)."""
+  row = {(m["method"], m["point"]): m for m in means}
+  hybrid = row.get(("hybrid", REFERENCE_POINT))
+  if hybrid is None:
+    return []
+  out = []
+  cb = row.get(("codebook-only", REFERENCE_POINT))
+  if cb is not None:
+    gain = hybrid["psnr-rgb"] - cb["psnr-rgb"]
+    out.append({"check": f"hybrid PSNR >= codebook-only + {FIDELITY_GAIN_DB:g} dB "
+                         f"({REFERENCE_POINT})",
+                "measured": f"{hybrid['psnr-rgb']:.2f} vs {cb['psnr-rgb']:.2f} ({gain:+.2f} dB)",
+                "holds": bool(gain >= FIDELITY_GAIN_DB)})
+  cont = row.get(("continuous-only", ""))
+  if cont is not None:
+    rel = cont["bpp"] / hybrid["bpp"] - 1
+    matched = abs(rel) <= MATCHED_RATE_TOLERANCE
+    out.append({"check": f"continuous-only bpp within {MATCHED_RATE_TOLERANCE:.0%} of the "
+                         f"hybrid's",
+                "measured": f"{cont['bpp']:.4f} vs {hybrid['bpp']:.4f} ({rel:+.1%})",
+                "holds": bool(matched)})
+    ratio = hybrid["lpips-alex"] / cont["lpips-alex"]
+    out.append({"check": f"hybrid LPIPS <= {LPIPS_RATIO:g} x continuous-only's",
+                "measured": f"{hybrid['lpips-alex']:.4f} vs {cont['lpips-alex']:.4f} "
+                            f"({ratio:.2f} x)",
+                "holds": bool(ratio <= LPIPS_RATIO) if matched else None})
+  fixed = sorted((m for m in means if m["method"] == "hybrid" and m["point"] in schedules_lib.FIXED),
+                 key=lambda m: -schedules_lib.keep_ratio(m["point"]))
+  if len(fixed) > 1:
+    ordered = all(a["psnr-rgb"] >= b["psnr-rgb"] for a, b in zip(fixed, fixed[1:]))
+    out.append({"check": "hybrid PSNR ordered " + " >= ".join(m["point"] for m in fixed),
+                "measured": " >= ".join(f"{m['psnr-rgb']:.2f}" for m in fixed),
+                "holds": bool(ordered)})
+  dyn = row.get(("hybrid", schedules_lib.DYNAMIC))
+  if dyn is not None and fixed:
+    # The line through the fixed points that bracket dynamic's bpp (the nearest end outside them).
+    pts = sorted(fixed, key=lambda m: m["bpp"])
+    lo = max([m for m in pts if m["bpp"] <= dyn["bpp"]] or pts[:1], key=lambda m: m["bpp"])
+    hi = min([m for m in pts if m["bpp"] > dyn["bpp"]] or pts[-1:], key=lambda m: m["bpp"])
+    if hi is lo:
+      line = lo["psnr-rgb"]
+    else:
+      t = (dyn["bpp"] - lo["bpp"]) / (hi["bpp"] - lo["bpp"])
+      line = lo["psnr-rgb"] + t * (hi["psnr-rgb"] - lo["psnr-rgb"])
+    out.append({"check": f"dynamic on or above the {lo['point']}-{hi['point']} line at its bpp",
+                "measured": f"{dyn['psnr-rgb']:.3f} dB at {dyn['bpp']:.4f}; the line "
+                            f"{line:.3f} ({dyn['psnr-rgb'] - line:+.3f})",
+                "holds": bool(dyn["psnr-rgb"] >= line)})
+  return out
+
+
+def checks_table(rows: Sequence[dict[str, Any]]) -> str:
+  """The checks as a markdown table."""
+  word = {True: "holds", False: "does not hold", None: "not comparable (rates not matched)"}
+  lines = ["| check | measured | |", "|---|---|---|"]
+  lines += [f"| {r['check']} | {r['measured']} | {word[r['holds']]} |" for r in rows]
+  return "\n".join(lines)
 
 
 def _nanmean(values: Sequence[float]) -> float:

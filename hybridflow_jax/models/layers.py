@@ -11,6 +11,7 @@ import math
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 
 def num_groups(channels: int, max_groups: int) -> int:
@@ -71,6 +72,39 @@ class Upsample(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     x = nn.Conv(self.features * 4, (self.kernel, self.kernel), name="conv")(x)
     return depth_to_space(x, 2)
+
+
+class TransposedConv5x5(nn.Module):
+  """Doubles H and W exactly as a 5x5 transposed convolution of stride 2 does (CompressAI's
+  `deconv`: padding 2, output padding 1), without ConvTranspose.
+
+  out[2m + a, 2n + b] = sum over taps of x[m + di, n + dj] * kernel[ki, kj], where the even output
+  rows use kernel rows 4, 2, 0 against input rows m-1, m, m+1 and the odd ones rows 3, 1 against
+  m, m+1 (the same for columns). So the layer is four ordinary convolutions of the input, 3x3, 3x2,
+  2x3 and 2x2, whose outputs interleave: 25 multiply-adds per input pixel and channel pair, as the
+  transposed convolution does, against `Upsample`'s 36 (conv3x3 to 4x the channels).
+  kernel: [5, 5, in, out], the transposed convolution's own.
+  """
+
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    # Each output pixel sees ~25/4 taps of every input channel: that is the fan-in.
+    init = nn.initializers.variance_scaling(4.0 / 25.0, "fan_in", "truncated_normal")
+    kernel = self.param("kernel", init, (5, 5, x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    taps = {0: slice(4, None, -2), 1: slice(3, None, -2)}        # rows 4, 2, 0 / rows 3, 1
+    pads = {0: (1, 1), 1: (0, 1)}
+    rows = []
+    for a in (0, 1):
+      row = [jax.lax.conv_general_dilated(
+          x, kernel[taps[a], taps[b]], (1, 1), (pads[a], pads[b]),
+          dimension_numbers=("NHWC", "HWIO", "NHWC")) for b in (0, 1)]
+      rows.append(jnp.stack(row, axis=3))                          # [B, H, W, 2 (b), C]
+    y = jnp.stack(rows, axis=2)                                     # [B, H, 2 (a), W, 2 (b), C]
+    bsz, h, _, w, _, c = y.shape
+    return y.reshape(bsz, 2 * h, 2 * w, c) + bias
 
 
 class ZeroFusion(nn.Module):
