@@ -115,32 +115,34 @@ def train_throughput(cfg, peak: float, steps: int, log) -> dict:
     state, _ = compiled(state, x)
     jax.block_until_ready(state)
     state, sec = time_steps(compiled, state, x, steps)
-    # The input stall compares two loops timed alike (dispatch is asynchronous, one block at the
-    # end), over the same number of steps: on the batch in memory, and fed as the trainer feeds
-    # it (the next batch is read from the grain pipeline while the previous step runs, then placed
-    # on the mesh). The pipeline is warmed first, until its cache holds every photo it will draw
-    # (the steady state of a run; a cold cache is a one-off cost of the first few steps).
+    # The input stall: steps fed as the trainer feeds them (the next batch is read from the grain
+    # pipeline, whose background thread prepares it while the previous step runs, then placed on
+    # the mesh) against steps on the batch in memory, interleaved one by one so that the machine's
+    # drifting speed (10-20 % between runs here) falls on both alike; medians. The pipeline is
+    # warmed first, until its cache holds every photo it will draw (the steady state of a run; a
+    # cold cache is a one-off cost of the first few steps).
     fed_steps = max(steps, 8)
-    t = time.perf_counter()
-    for _ in range(fed_steps):
-      state, metrics = compiled(state, x)
-    jax.block_until_ready((state, metrics))
-    in_memory = (time.perf_counter() - t) / fed_steps
     it = pipeline.train_iterator(data, crop=crop, batch_size=batch, seed=0,
                                  workers=cfg.data.workers, prefetch=cfg.data.prefetch,
                                  cache_mb=cfg.data.cache_mb)
     for _ in range(warm_batches):
       next(it)
-    t = time.perf_counter()
+    in_memory, fed = [], []
     for _ in range(fed_steps):
+      t = time.perf_counter()
+      state, metrics = compiled(state, x)
+      jax.block_until_ready((state, metrics))
+      in_memory.append(time.perf_counter() - t)
+      t = time.perf_counter()
       images = jax.make_array_from_process_local_data(built.images_sharding, next(it)["image"])
       state, metrics = compiled(state, images)
-    jax.block_until_ready((state, metrics))
-    fed = (time.perf_counter() - t) / fed_steps
+      jax.block_until_ready((state, metrics))
+      fed.append(time.perf_counter() - t)
+    in_memory, fed = statistics.median(in_memory), statistics.median(fed)
     out[stage] = {"batch": batch, "crop": crop, "step_seconds": sec, "images_per_second": batch / sec,
                   "flops_per_step": flops, "achieved_flops_per_second": flops / sec,
                   "mfu": flops / sec / peak, "stall_steps": fed_steps,
-                  "step_seconds_in_memory_loop": in_memory, "step_seconds_with_input": fed,
+                  "step_seconds_in_memory_interleaved": in_memory, "step_seconds_with_input": fed,
                   "input_stall": fed / in_memory}
     log(f"train step {stage}: {batch / sec:.2f} img/s, {flops / sec / 1e9:.1f} GFLOP/s, "
         f"input stall {fed / in_memory:.3f}")
