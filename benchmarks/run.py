@@ -81,6 +81,7 @@ def time_steps(compiled, state, x, steps: int):
 
 def train_throughput(cfg, peak: float, steps: int, log) -> dict:
   import jax
+  import jax.numpy as jnp
 
   from hybridflow_jax import stages
   from hybridflow_jax.data import pipeline
@@ -106,8 +107,9 @@ def train_throughput(cfg, peak: float, steps: int, log) -> dict:
     fresh = jax.tree.map(lambda a: a.copy(), params)
     state = jax.jit(built.make_state, out_shardings=built.state_shardings)(fresh)
     crop, batch = built.crop, cfg.train.batch_size
-    x = jax.device_put(jax.random.uniform(jax.random.PRNGKey(2), (batch, crop, crop, 3)),
-                       built.images_sharding)
+    # uint8, as the pipeline gives batches (the step scales them to [0, 1]).
+    x = jax.device_put(jax.random.randint(jax.random.PRNGKey(2), (batch, crop, crop, 3), 0, 256,
+                                          jnp.int32).astype(jnp.uint8), built.images_sharding)
     step = built.step
     log(f"train step {stage}: compiling")
     compiled = step.lower(state, x).compile()

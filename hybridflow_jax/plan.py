@@ -61,7 +61,7 @@ def plan_stage(cfg, stage: str, mesh) -> StagePlan:
   compiled = steps_lib.stage_step(model, cfg, stage, mesh, abstract_params,
                                   int(cfg.train.steps[stage]) or 1)
   abstract_state, crop = compiled.abstract_state, compiled.crop
-  images = jax.ShapeDtypeStruct((cfg.train.batch_size, crop, crop, 3), jax.numpy.float32)
+  images = jax.ShapeDtypeStruct((cfg.train.batch_size, crop, crop, 3), jax.numpy.uint8)
   t = time.perf_counter()
   compiled = compiled.step.lower(abstract_state, images).compile()
   seconds = time.perf_counter() - t

@@ -157,13 +157,21 @@ def make_train_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage:
   return step
 
 
+def unit_images(images: jax.Array) -> jax.Array:
+  """Images as float32 in [0, 1]: uint8 pixels are divided by 255; float images pass through."""
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / jnp.float32(255.0)
+  return images
+
+
 @dataclasses.dataclass(frozen=True)
 class StageStep:
   """A stage's update step compiled for a mesh, with what it takes: build the state with
   `make_state(params)` (jit it with `out_shardings=state_shardings`), feed images sharded with
   `images_sharding`. `abstract_state` carries the shardings (for restoring and AOT compiling)."""
 
-  step: Any                     # jitted (state, images) -> (state, metrics); donates the state
+  step: Any                     # jitted (state, images) -> (state, metrics); donates the state.
+                                # images: uint8 (as the pipeline gives them) or float in [0, 1]
   make_state: Callable[[Any], TrainState]
   abstract_state: Any
   state_shardings: Any
@@ -184,7 +192,8 @@ def stage_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage: str,
   abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                 abstract_state, state_shardings)
   images_sharding = shard_lib.batch_sharding(mesh)
-  step = jax.jit(make_train_step(model, cfg, stage, tx, disc_tx),
+  train_step = make_train_step(model, cfg, stage, tx, disc_tx)
+  step = jax.jit(lambda state, images: train_step(state, unit_images(images)),
                  in_shardings=(state_shardings, images_sharding),
                  out_shardings=(state_shardings, shard_lib.replicated(mesh)),
                  donate_argnums=(0,))
