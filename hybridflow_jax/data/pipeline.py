@@ -375,7 +375,7 @@ class _SkipAndBatchIterator(grain.DatasetIterator):
     listed[:len(kept)] = kept
     return {
         # uint8: a quarter of the bytes to copy to the devices, and the train step converts to
-        # [0, 1] on the device (`train.steps.stage_step`) instead of the host's busy cores.
+        # [0, 1] on the device (`train.steps.unit_images`) instead of on the host's busy cores.
         "image": np.stack(images),
         "index": np.asarray(indices, np.int32),
         "skipped": listed,
