@@ -102,7 +102,9 @@ def train_throughput(cfg, peak: float, steps: int, log) -> dict:
   out = {}
   for stage in stages.stage_list(cfg):
     # The trainer's own sharded, donating step (steps.stage_step), on a one-axis mesh.
-    built = steps_lib.stage_step(model, cfg, stage, mesh, abstract_params, 1000)
+    # The stage's own length: the step compiles with the GAN only where training would use it.
+    built = steps_lib.stage_step(model, cfg, stage, mesh, abstract_params,
+                                 int(cfg.train.steps[stage]) or 1)
     # A copy per stage: the step donates its state, and the next stage starts from `params`.
     fresh = jax.tree.map(lambda a: a.copy(), params)
     state = jax.jit(built.make_state, out_shardings=built.state_shardings)(fresh)
@@ -448,6 +450,8 @@ def main():
                  "machine": platform.machine(), "processor": platform.processor()},
       "jax": jax.__version__, "config": os.path.relpath(args.config, ROOT),
       "matmul_peak_flops_per_second": peak,
+      # What XLA was told (hybridflow_jax adds its CPU_XLA_FLAG unless the flag is set already).
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
   if "train" not in skip:
     result["train"] = train_throughput(cfg, peak, args.steps, log)

@@ -4,7 +4,27 @@
     codec = Codec.load("model/")     # a bundle written by `hybridflow export`, or a shipped name
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# XLA:CPU hands convolutions to YNNPACK by default (jax 0.10). On the 2-core build machine its
+# convolutions, and above all their gradients, run far below XLA's own (Eigen) ones: train steps of
+# `configs/small.py` take 1.1-1.6x longer with them (continuous 0.85 -> 0.52 s, bridge 3.9 -> 2.6
+# s), compress 0.14 -> 0.12 s and decompress 0.32 -> 0.28 s (docs/benchmarks.md). So, unless the
+# process sets this flag itself, YNNPACK keeps only the matrix products (where it is the faster
+# library) and convolutions go to Eigen. Read when jax starts its CPU backend: a process that
+# started jax before importing hybridflow_jax keeps its own setting. GPUs and TPUs ignore it.
+CPU_XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+
+
+def _prefer_eigen_convolutions() -> None:
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_cpu_experimental_ynn_fusion_type" not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} {CPU_XLA_FLAG}".strip()
+
+
+_prefer_eigen_convolutions()
 
 __all__ = ["Codec", "__version__"]
 

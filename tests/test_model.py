@@ -142,25 +142,54 @@ def test_kmeans_codebook_finds_separated_clusters():
   assert np.isfinite(few).all() and np.abs(few - latents[0]).max() < 1.0
 
 
+def test_strided_conv_has_nn_conv_forward_and_gradients():
+  """StridedConv is nn.Conv(strides=2) with its input gradient computed by phases: the same params
+  and forward bit for bit, and the same gradients (to float rounding) for 3x3, 4x4 and 5x5 kernels,
+  odd and even sizes and every padding, on inputs wide enough to take the phase path."""
+  import flax.linen as nn
+
+  from hybridflow_jax.models.layers import PHASE_GRAD_MIN_CHANNELS, StridedConv
+
+  channels = PHASE_GRAD_MIN_CHANNELS + 1
+  for k in (3, 4, 5):
+    for hw in ((8, 12), (7, 9)):
+      for padding in ("SAME", "VALID", ((2, 1), (0, 3))):
+        x = jax.random.normal(jax.random.PRNGKey(k), (2, *hw, channels))
+        ours, ref = StridedConv(6, (k, k), padding=padding), nn.Conv(6, (k, k), (2, 2), padding)
+        params = ref.init(jax.random.PRNGKey(1), x)
+        assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == \
+            jax.tree.map(jnp.shape, params)
+        np.testing.assert_array_equal(ours.apply(params, x), ref.apply(params, x))
+        loss = lambda m: lambda p, u: jnp.sum(jnp.sin(m.apply(p, u)))
+        # The phase path is the one taken (a custom gradient in the traced program).
+        assert "custom_vjp_call" in str(jax.make_jaxpr(loss(ours))(params, x))
+        got = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+        want = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+          np.testing.assert_allclose(g, w, atol=2e-5, rtol=1e-5)
+
+
 def test_transposed_conv5x5_is_the_transposed_convolution():
-  """The phase-convolution layer equals a 5x5 stride-2 transposed convolution (CompressAI's
-  padding 2, output padding 1), computed here as the gradient of the strided convolution it
-  transposes, on odd and even sizes."""
+  """Both forms of the layer (four phase convolutions; one sub-pixel convolution for narrow
+  outputs) equal a 5x5 stride-2 transposed convolution (CompressAI's padding 2, output padding 1),
+  computed here as the gradient of the strided convolution it transposes, on odd and even sizes."""
   from hybridflow_jax.models.layers import TransposedConv5x5
 
-  layer = TransposedConv5x5(4)
-  for h, w in ((5, 7), (4, 6)):
-    x = jax.random.normal(jax.random.PRNGKey(h), (2, h, w, 3))
-    params = layer.init(jax.random.PRNGKey(1), x)
-    params = jax.tree.map(lambda a: a + 0.1, params)               # a non-zero bias too
-    kernel, bias = params["params"]["kernel"], params["params"]["bias"]   # [5, 5, in, out]
-    # conv(u)[i] = sum_k u[2i + k - 2] kernel[k]: [2h, 2w, out] -> [h, w, in]; its transpose maps
-    # x to out[o] = sum_{2i + k - 2 = o} x[i] kernel[k], the transposed convolution.
-    conv = lambda u, k=kernel: jax.lax.conv_general_dilated(
-        u, k.transpose(0, 1, 3, 2), (2, 2), ((2, 1), (2, 1)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    _, transpose = jax.vjp(conv, jnp.zeros((2, 2 * h, 2 * w, 4)))
-    (want,) = transpose(x)
-    got = layer.apply(params, x)
-    assert got.shape == (2, 2 * h, 2 * w, 4)
-    np.testing.assert_allclose(got, want + bias, atol=1e-5)
+  wide = TransposedConv5x5.SUBPIXEL_MAX_FEATURES + 4
+  for features in (3, wide):
+    layer = TransposedConv5x5(features)
+    for h, w in ((5, 7), (4, 6)):
+      x = jax.random.normal(jax.random.PRNGKey(h), (2, h, w, 3))
+      params = layer.init(jax.random.PRNGKey(1), x)
+      params = jax.tree.map(lambda a: a + 0.1, params)             # a non-zero bias too
+      kernel, bias = params["params"]["kernel"], params["params"]["bias"]   # [5, 5, in, out]
+      # conv(u)[i] = sum_k u[2i + k - 2] kernel[k]: [2h, 2w, out] -> [h, w, in]; its transpose
+      # maps x to out[o] = sum_{2i + k - 2 = o} x[i] kernel[k], the transposed convolution.
+      conv = lambda u, k=kernel: jax.lax.conv_general_dilated(
+          u, k.transpose(0, 1, 3, 2), (2, 2), ((2, 1), (2, 1)),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      _, transpose = jax.vjp(conv, jnp.zeros((2, 2 * h, 2 * w, features)))
+      (want,) = transpose(x)
+      got = layer.apply(params, x)
+      assert got.shape == (2, 2 * h, 2 * w, features)
+      np.testing.assert_allclose(got, want + bias, atol=1e-5)

@@ -270,3 +270,22 @@ def test_local_launcher_stops_every_process_when_one_fails(compile_cache, tmp_pa
   r = subprocess.run(["bash", str(ROOT / "launch" / "local.sh"), "zero"], capture_output=True,
                      text=True, timeout=60)
   assert r.returncode == 2 and "usage" in r.stderr
+
+
+@pytest.mark.parametrize("gan_start, gan_metrics", [(4, True), (8, False)])
+def test_gan_terms_compile_only_when_they_switch_on_within_the_stage(gan_start, gan_metrics):
+  """A bridge stage of 8 steps with gan_start 8 never applies its GAN: its step has no GAN terms
+  (no discriminator or second backward pass to pay for); with gan_start 4 it has them."""
+  import jax.numpy as jnp
+
+  from hybridflow_jax.train import sharding as shard_lib
+  from hybridflow_jax.train import steps as steps_lib
+  cfg = config_io.load_config(TINY, [f"--config.losses.gan_start={gan_start}"])
+  model = hf.build_model(cfg)
+  mesh = shard_lib.make_mesh((("data", -1),))
+  built = steps_lib.stage_step(model, cfg, "bridge", mesh, hf.param_shapes(model), 8)
+  x = jax.ShapeDtypeStruct((2, built.crop, built.crop, 3), jnp.uint8)
+  _, metrics = jax.eval_shape(built.step, built.abstract_state, x)
+  assert ("gan_d" in metrics and "gan_g" in metrics) == gan_metrics
+  # The discriminator stays in the state either way: checkpoints do not depend on gan_start.
+  assert jax.tree.leaves(built.abstract_state.disc_params)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from hybridflow_jax.models.layers import num_groups
+from hybridflow_jax.models.layers import StridedConv, num_groups
 
 
 class PatchDiscriminator(nn.Module):
@@ -21,10 +21,10 @@ class PatchDiscriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = nn.leaky_relu(nn.Conv(self.channels, (4, 4), strides=(2, 2), name="conv_in")(x * 2 - 1), 0.2)
+    h = nn.leaky_relu(StridedConv(self.channels, (4, 4), name="conv_in")(x * 2 - 1), 0.2)
     for i in range(1, self.layers + 1):
       width = self.channels * min(2 ** i, 8)
-      stride = 2 if i < self.layers else 1
-      h = nn.Conv(width, (4, 4), strides=(stride, stride), name=f"conv{i}")(h)
+      conv = StridedConv if i < self.layers else nn.Conv
+      h = conv(width, (4, 4), name=f"conv{i}")(h)
       h = nn.leaky_relu(nn.GroupNorm(num_groups(width, self.groups), name=f"norm{i}")(h), 0.2)
     return nn.Conv(1, (4, 4), name="conv_out")(h)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from hybridflow_jax.models.entropy import FactorizedPrior, GaussianConditional, quantize
-from hybridflow_jax.models.layers import Upsample
+from hybridflow_jax.models.layers import StridedConv, Upsample
 
 HYPER_STRIDE = 4  # z is 4x coarser than y (stride 64 in pixels)
 
@@ -30,8 +30,8 @@ class Analysis(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     h = x * 2.0 - 1.0
     for i in range(3):
-      h = nn.gelu(nn.Conv(self.channels, (5, 5), strides=(2, 2), name=f"conv{i}")(h))
-    return nn.Conv(self.latent_channels, (5, 5), strides=(2, 2), name="conv3")(h)
+      h = nn.gelu(StridedConv(self.channels, (5, 5), name=f"conv{i}")(h))
+    return StridedConv(self.latent_channels, (5, 5), name="conv3")(h)
 
 
 class HyperAnalysis(nn.Module):
@@ -43,8 +43,8 @@ class HyperAnalysis(nn.Module):
   @nn.compact
   def __call__(self, y: jax.Array) -> jax.Array:
     h = nn.gelu(nn.Conv(self.channels, (3, 3), name="conv0")(y))
-    h = nn.gelu(nn.Conv(self.channels, (5, 5), strides=(2, 2), name="conv1")(h))
-    return nn.Conv(self.hyper_channels, (5, 5), strides=(2, 2), name="conv2")(h)
+    h = nn.gelu(StridedConv(self.channels, (5, 5), name="conv1")(h))
+    return StridedConv(self.hyper_channels, (5, 5), name="conv2")(h)
 
 
 class HyperSynthesis(nn.Module):

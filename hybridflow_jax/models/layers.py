@@ -2,11 +2,13 @@
 
 All tensors are NHWC. Upsampling is conv + depth_to_space rather than ConvTranspose: on XLA:CPU the
 transposed convolution is 3-6x slower for the same output, and the pixel shuffle has no checkerboard
-artefacts either.
+artefacts either. Stride-2 convolutions (`StridedConv`) get their input gradient, which is a
+transposed convolution, from the same four-phase arithmetic.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -52,6 +54,102 @@ class ResBlock(nn.Module):
     return x + h
 
 
+_NHWC = ("NHWC", "HWIO", "NHWC")
+PHASE_GRAD_MIN_CHANNELS = 8   # StridedConv: inputs this narrow keep XLA's own input gradient
+
+
+def _phase_taps(size: int, low_pad: int, parity: int) -> tuple[list[int], int]:
+  """For the input positions i = 2n + parity of a stride-2 convolution (kernel `size`, `low_pad`
+  zeros before the input): the kernel taps k that reach them, ordered by the output offset
+  d = (parity + low_pad - k) / 2 they come from (dx[i] = sum_k g[n + d] w[k]), and the first d."""
+  ks = [k for k in range(size) if (k - parity - low_pad) % 2 == 0]
+  ks.sort(reverse=True)                                           # d increases as k decreases
+  return ks, (parity + low_pad - ks[0]) // 2
+
+
+def _stride2_input_grad(g: jax.Array, kernel: jax.Array, low_pads: tuple[int, int],
+                        in_hw: tuple[int, int]) -> jax.Array:
+  """The input gradient of a stride-2 NHWC convolution: g [B, M, N, out] -> [B, *in_hw, in], as
+  four ordinary convolutions of g, one per output phase (row and column parity), whose outputs
+  interleave: the taps the transposed convolution multiplies, none of the zeros XLA inserts
+  between g's pixels when it computes the same thing as one dilated convolution."""
+  wt = kernel.transpose(0, 1, 3, 2)                               # [kh, kw, out, in]
+  rows_out = [-(-n // 2) for n in in_hw]                          # ceil(H / 2), ceil(W / 2)
+  phases = []
+  for a in (0, 1):
+    row = []
+    for b in (0, 1):
+      taps, pads = [], []
+      for axis, parity in ((0, a), (1, b)):
+        ks, d0 = _phase_taps(kernel.shape[axis], low_pads[axis], parity)
+        taps.append(ks)
+        # Window t of output n reads g[n + d0 + t]: pad g by -d0 before it (negative = crop) and
+        # enough after it for rows_out outputs.
+        pads.append((-d0, rows_out[axis] + len(ks) - 1 + d0 - g.shape[1 + axis]))
+      k = wt[jnp.array(taps[0])][:, jnp.array(taps[1])]
+      gp = jax.lax.pad(g, jnp.zeros((), g.dtype),
+                       ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+      row.append(jax.lax.conv_general_dilated(gp, k, (1, 1), "VALID", dimension_numbers=_NHWC))
+    phases.append(jnp.stack(row, axis=3))                         # [B, H', W', 2 (b), in]
+  y = jnp.stack(phases, axis=2)                                   # [B, H', 2 (a), W', 2 (b), in]
+  bsz, h, _, w, _, c = y.shape
+  return y.reshape(bsz, 2 * h, 2 * w, c)[:, :in_hw[0], :in_hw[1]]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _stride2_conv(x: jax.Array, kernel: jax.Array, padding: tuple) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (2, 2), padding, dimension_numbers=_NHWC)
+
+
+def _stride2_conv_fwd(x, kernel, padding):
+  return _stride2_conv(x, kernel, padding), (x, kernel)
+
+
+def _stride2_conv_bwd(padding, res, g):
+  x, kernel = res
+  # The kernel gradient as XLA derives it (its own form is fast here); the input gradient by phases.
+  _, pull = jax.vjp(lambda k: jax.lax.conv_general_dilated(x, k, (2, 2), padding,
+                                                           dimension_numbers=_NHWC), kernel)
+  (dk,) = pull(g)
+  dx = _stride2_input_grad(g, kernel, (padding[0][0], padding[1][0]), x.shape[1:3])
+  return dx, dk
+
+
+_stride2_conv.defvjp(_stride2_conv_fwd, _stride2_conv_bwd)
+
+
+def _conv_with_phase_input_grad(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                                rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                                precision=None, **kwargs):
+  """`lax.conv_general_dilated` as `nn.Conv` calls it; a plain stride-2 NHWC convolution gets
+  `_stride2_input_grad` as its input gradient. The forward is XLA's own convolution either way.
+  Narrow inputs (an image's 3 channels) keep XLA's gradient: phase convolutions with 3 output
+  channels are slower than its dilated one (4x4 kernel, 3 -> 32 at 256 px: 19 ms against 5.5)."""
+  plain = (tuple(window_strides) == (2, 2) and lhs.ndim == 4 and feature_group_count == 1
+           and lhs.shape[-1] > PHASE_GRAD_MIN_CHANNELS
+           and not kwargs and precision is None
+           and all(d in (None, 1, (1, 1)) for d in (lhs_dilation, rhs_dilation))
+           and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+           == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+  if not plain:
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                        rhs_dilation, dimension_numbers, feature_group_count,
+                                        precision=precision, **kwargs)
+  if isinstance(padding, str):                                   # "SAME", "VALID", ...
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (2, 2), padding)
+  return _stride2_conv(lhs, rhs, tuple((int(lo), int(hi)) for lo, hi in padding))
+
+
+def StridedConv(features: int, kernel_size: tuple[int, int], **kwargs) -> nn.Conv:  # noqa: N802
+  """`nn.Conv(features, kernel_size, strides=(2, 2), ...)` (the same params, the same forward)
+  whose input gradient is computed by phases (`_stride2_input_grad`). XLA:CPU computes that
+  gradient as a convolution over g with zeros between its pixels, three quarters of the work
+  wasted: for g_a's 48 -> 48 5x5 layer at 128 px, batch 8, 117 ms against 16 ms by phases
+  (docs/benchmarks.md). The kernel gradient stays XLA's."""
+  return nn.Conv(features, kernel_size, strides=(2, 2),
+                 conv_general_dilated=_conv_with_phase_input_grad, **kwargs)
+
+
 class Downsample(nn.Module):
   """Halves H and W with a strided 3x3 convolution."""
 
@@ -59,7 +157,7 @@ class Downsample(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return nn.Conv(self.features, (3, 3), strides=(2, 2), name="conv")(x)
+    return StridedConv(self.features, (3, 3), name="conv")(x)
 
 
 class Upsample(nn.Module):
@@ -83,8 +181,15 @@ class TransposedConv5x5(nn.Module):
   m, m+1 (the same for columns). So the layer is four ordinary convolutions of the input, 3x3, 3x2,
   2x3 and 2x2, whose outputs interleave: 25 multiply-adds per input pixel and channel pair, as the
   transposed convolution does, against `Upsample`'s 36 (conv3x3 to 4x the channels).
+  Narrow outputs (at most `SUBPIXEL_MAX_FEATURES` channels, e.g. the last layer to RGB) are
+  computed instead as one 3x3 convolution to 4x the channels, whose kernel holds the same taps
+  (zeros where a phase has fewer), and a pixel shuffle: the same sums in 36 multiply-adds, but
+  four 3-channel phase convolutions are what XLA:CPU's convolutions run slowest (128 -> 3 at
+  256x384: 61 ms as phases, 25 ms as one 12-channel convolution; docs/benchmarks.md).
   kernel: [5, 5, in, out], the transposed convolution's own.
   """
+
+  SUBPIXEL_MAX_FEATURES = 8
 
   features: int
 
@@ -94,6 +199,8 @@ class TransposedConv5x5(nn.Module):
     init = nn.initializers.variance_scaling(4.0 / 25.0, "fan_in", "truncated_normal")
     kernel = self.param("kernel", init, (5, 5, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    if self.features <= self.SUBPIXEL_MAX_FEATURES:
+      return depth_to_space(_subpixel_conv(x, kernel), 2) + bias
     taps = {0: slice(4, None, -2), 1: slice(3, None, -2)}        # rows 4, 2, 0 / rows 3, 1
     pads = {0: (1, 1), 1: (0, 1)}
     rows = []
@@ -105,6 +212,23 @@ class TransposedConv5x5(nn.Module):
     y = jnp.stack(rows, axis=2)                                     # [B, H, 2 (a), W, 2 (b), C]
     bsz, h, _, w, _, c = y.shape
     return y.reshape(bsz, 2 * h, 2 * w, c) + bias
+
+
+def _subpixel_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """x [B, H, W, in], a transposed 5x5 kernel [5, 5, in, out] -> [B, H, W, 4 out], the four output
+  phases (row parity, column parity, channel) of the transposed convolution, as one 3x3 convolution
+  (`depth_to_space(., 2)` interleaves them). Even output rows take kernel rows 4, 2, 0 at input
+  offsets -1, 0, +1; odd rows take rows 3, 1 at offsets 0, +1 (columns alike)."""
+  taps = {0: ((0, 4), (1, 2), (2, 0)), 1: ((1, 3), (2, 1))}      # (3x3 position, 5x5 row)
+  cin, cout = kernel.shape[2:]
+  full = jnp.zeros((3, 3, cin, 2, 2, cout), kernel.dtype)
+  for a in (0, 1):
+    for b in (0, 1):
+      for i, ki in taps[a]:
+        for j, kj in taps[b]:
+          full = full.at[i, j, :, a, b, :].set(kernel[ki, kj])
+  return jax.lax.conv_general_dilated(x, full.reshape(3, 3, cin, 4 * cout), (1, 1),
+                                      ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 class ZeroFusion(nn.Module):

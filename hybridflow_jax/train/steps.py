@@ -86,11 +86,25 @@ def _get(tree, path):
   return tree
 
 
-def make_train_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage: str, tx, disc_tx):
-  """(state, images [B, H, W, 3] in [0, 1]) -> (state, metrics). Pure; jit it with shardings."""
+def gan_switches_on(cfg: ml_collections.ConfigDict, stage: str, total_steps: int) -> bool:
+  """Whether `stage` ever applies its GAN terms: it judges an image, the weight is positive and
+  `losses.gan_start` falls within its `total_steps`."""
+  return (stages.STAGES[stage].judged is not None and cfg.losses.gan_weight > 0
+          and cfg.losses.gan_start < total_steps)
+
+
+def make_train_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage: str, tx, disc_tx,
+                    total_steps: int):
+  """(state, images [B, H, W, 3] in [0, 1]) -> (state, metrics). Pure; jit it with shardings.
+
+  A stage whose GAN never switches on within `total_steps` (`gan_switches_on`) compiles without it:
+  no discriminator passes and no second backward pass, which would only be multiplied by zero (in
+  `configs/small.py`'s bridge that was a third of the step). Its discriminator state is kept, so
+  checkpoints do not depend on it.
+  """
   lo, record = cfg.losses, stages.STAGES[stage]
   judged = record.judged
-  uses_gan = judged is not None and lo.gan_weight > 0
+  uses_gan = gan_switches_on(cfg, stage, total_steps)
   uses_lpips = judged is not None and lo.lpips_weight > 0
   lpips = lpips_fn(lo.lpips_net) if uses_lpips else None
   disc = discriminator(cfg)
@@ -135,7 +149,7 @@ def make_train_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage:
       disc_params = jax.tree.map(keep_old, new_d, disc_params)
       disc_opt_state = jax.tree.map(keep_old, new_d_opt, disc_opt_state)
 
-    m["grad_norm"] = optax.global_norm(grads)
+    m["grad_norm"] = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 
@@ -192,7 +206,7 @@ def stage_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage: str,
   abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                 abstract_state, state_shardings)
   images_sharding = shard_lib.batch_sharding(mesh)
-  train_step = make_train_step(model, cfg, stage, tx, disc_tx)
+  train_step = make_train_step(model, cfg, stage, tx, disc_tx, total_steps)
   step = jax.jit(lambda state, images: train_step(state, unit_images(images)),
                  in_shardings=(state_shardings, images_sharding),
                  out_shardings=(state_shardings, shard_lib.replicated(mesh)),
