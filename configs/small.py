@@ -1,5 +1,7 @@
 """The reference recipe `small`: the model shipped in `hybridflow_jax/pretrained/small/`, trained
-in about 70 minutes of a 2-core CPU (resumable: rerun the same command after an interruption).
+in about 70 minutes of a 2-core CPU when it was made; its steps have since become 1.2-2.5x faster
+(docs/benchmarks.md: about 35 minutes of steps, estimated). Resumable: rerun the same command after
+an interruption.
 
     sudo apt-get install plasma-workspace-wallpapers
     python -m hybridflow_jax.data.debian_photos --out data/photos
