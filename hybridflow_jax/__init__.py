@@ -19,8 +19,15 @@ CPU_XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
 
 
 def _prefer_eigen_convolutions() -> None:
+  # An experimental flag: XLA aborts the process on one it does not know, so it is only given to
+  # the jaxlib it was measured with (pyproject allows jax 0.10.x).
+  from importlib import metadata
+  try:
+    known = metadata.version("jaxlib").startswith("0.10.")
+  except metadata.PackageNotFoundError:
+    known = False
   flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_cpu_experimental_ynn_fusion_type" not in flags:
+  if known and "xla_cpu_experimental_ynn_fusion_type" not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} {CPU_XLA_FLAG}".strip()
 
 
