@@ -99,7 +99,7 @@ def stage_mfu(cfg, stage, peak: float, *, probe: int, max_batch: int, steps: int
     c = cfg.copy_and_resolve_references()
     c.train.batch_size = batch
     # The stage's own length: the step compiles with the GAN only where training would use it.
-    built = steps_lib.stage_step(model, c, stage, mesh, abstract, int(c.train.steps[stage]) or 1)
+    built = steps_lib.stage_step(model, c, stage, mesh, abstract)
     x = jax.ShapeDtypeStruct((batch, built.crop, built.crop, 3), np.float32,
                              sharding=built.images_sharding)
     return built, built.step.lower(built.abstract_state, x).compile()

@@ -104,8 +104,7 @@ def train_throughput(cfg, peak: float, steps: int, log) -> dict:
   for stage in stages.stage_list(cfg):
     # The trainer's own sharded, donating step (steps.stage_step), on a one-axis mesh.
     # The stage's own length: the step compiles with the GAN only where training would use it.
-    built = steps_lib.stage_step(model, cfg, stage, mesh, abstract_params,
-                                 int(cfg.train.steps[stage]) or 1)
+    built = steps_lib.stage_step(model, cfg, stage, mesh, abstract_params)
     # A copy per stage: the step donates its state, and the next stage starts from `params`.
     fresh = jax.tree.map(lambda a: a.copy(), params)
     state = jax.jit(built.make_state, out_shardings=built.state_shardings)(fresh)

@@ -58,8 +58,7 @@ def plan_stage(cfg, stage: str, mesh) -> StagePlan:
   """Compiles `stage`'s update step for `mesh` ahead of time and reads XLA's analyses."""
   model = hf.build_model(cfg)
   abstract_params = hf.param_shapes(model)
-  compiled = steps_lib.stage_step(model, cfg, stage, mesh, abstract_params,
-                                  int(cfg.train.steps[stage]) or 1)
+  compiled = steps_lib.stage_step(model, cfg, stage, mesh, abstract_params)
   abstract_state, crop = compiled.abstract_state, compiled.crop
   images = jax.ShapeDtypeStruct((cfg.train.batch_size, crop, crop, 3), jax.numpy.uint8)
   t = time.perf_counter()

@@ -201,25 +201,21 @@ class TransposedConv5x5(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     if self.features <= self.SUBPIXEL_MAX_FEATURES:
       return depth_to_space(_subpixel_conv(x, kernel), 2) + bias
-    taps = {0: slice(4, None, -2), 1: slice(3, None, -2)}        # rows 4, 2, 0 / rows 3, 1
-    pads = {0: (1, 1), 1: (0, 1)}
-    rows = []
-    for a in (0, 1):
-      row = [jax.lax.conv_general_dilated(
-          x, kernel[taps[a], taps[b]], (1, 1), (pads[a], pads[b]),
-          dimension_numbers=("NHWC", "HWIO", "NHWC")) for b in (0, 1)]
-      rows.append(jnp.stack(row, axis=3))                          # [B, H, W, 2 (b), C]
-    y = jnp.stack(rows, axis=2)                                     # [B, H, 2 (a), W, 2 (b), C]
-    bsz, h, _, w, _, c = y.shape
-    return y.reshape(bsz, 2 * h, 2 * w, c) + bias
+    # The transposed convolution is the input gradient of the stride-2 convolution whose kernel is
+    # this one with in and out swapped (padding 2 before): the same four phases.
+    out_hw = (2 * x.shape[1], 2 * x.shape[2])
+    return _stride2_input_grad(x, kernel.transpose(0, 1, 3, 2), (2, 2), out_hw) + bias
 
 
 def _subpixel_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """x [B, H, W, in], a transposed 5x5 kernel [5, 5, in, out] -> [B, H, W, 4 out], the four output
   phases (row parity, column parity, channel) of the transposed convolution, as one 3x3 convolution
   (`depth_to_space(., 2)` interleaves them). Even output rows take kernel rows 4, 2, 0 at input
-  offsets -1, 0, +1; odd rows take rows 3, 1 at offsets 0, +1 (columns alike)."""
-  taps = {0: ((0, 4), (1, 2), (2, 0)), 1: ((1, 3), (2, 1))}      # (3x3 position, 5x5 row)
+  offsets -1, 0, +1; odd rows take rows 3, 1 at offsets 0, +1 (columns alike: `_phase_taps`)."""
+  taps = {}                                                       # parity -> (3x3 position, 5x5 row)
+  for parity in (0, 1):
+    ks, d0 = _phase_taps(5, 2, parity)
+    taps[parity] = [(d0 + t + 1, k) for t, k in enumerate(ks)]
   cin, cout = kernel.shape[2:]
   full = jnp.zeros((3, 3, cin, 2, 2, cout), kernel.dtype)
   for a in (0, 1):
@@ -228,7 +224,7 @@ def _subpixel_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
         for j, kj in taps[b]:
           full = full.at[i, j, :, a, b, :].set(kernel[ki, kj])
   return jax.lax.conv_general_dilated(x, full.reshape(3, 3, cin, 4 * cout), (1, 1),
-                                      ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                                      ((1, 1), (1, 1)), dimension_numbers=_NHWC)
 
 
 class ZeroFusion(nn.Module):

@@ -194,8 +194,11 @@ class StageStep:
 
 
 def stage_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage: str, mesh,
-               abstract_params, total_steps: int) -> StageStep:
-  """The one place a stage's sharded update is built (trainer, `plan`, benchmarks)."""
+               abstract_params, total_steps: int | None = None) -> StageStep:
+  """The one place a stage's sharded update is built (trainer, `plan`, benchmarks). `total_steps`
+  (default: the stage's `train.steps`) sets the schedule and whether the GAN is compiled in."""
+  if total_steps is None:
+    total_steps = int(cfg.train.steps[stage]) or 1
   tx = make_optimizer(cfg, abstract_params, stage, total_steps)
   disc_tx = make_disc_optimizer(cfg)
   make_state = lambda params: init_state(cfg, params, stage, tx, disc_tx,
