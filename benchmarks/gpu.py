@@ -1,26 +1,31 @@
 """One accelerator, one command, a few minutes: the figures a GPU (or TPU) machine owes the project.
 
-    pip install -U "jax[cuda12]"                     # on top of `make install`'s environment
+    .venv/bin/pip install "jax[cuda12]==$(.venv/bin/python -c 'import jax; print(jax.__version__)')"
     .venv/bin/python benchmarks/gpu.py --out benchmarks/results/gpu.json
 
-Parts, each written to the JSON as soon as it is measured (a run stopped early keeps them):
+Parts, each in its own process with its own time limit (`--part-seconds`, default 150; the
+process is killed after it) and written to the JSON as soon as it ends, so a slow compilation
+costs only its own part (on an H200 the first version of this script, one process, spent 350 s
+compiling part (b) and ran out of time in (d); docs/benchmarks.md):
 
 (a) Matmul peaks on the device: float32 at JAX's default precision (what the train steps run) and
     bfloat16, 8192x8192 (the larger of the two is the MFU reference, as in run.py).
-(b) Compress and decompress latency of one 768x512 photo with `--config`-sized (default
+(b) `codec`: compress and decompress latency of one 768x512 photo with `--config`-sized (default
     configs/imagenet256.py) untrained params, by part (run.py's codec_latency; the work does not
     depend on the weights).
-(c) Train-step MFU of every stage of `--config` at the largest batch that fits: the step compiled
-    at a probe batch gives its memory (XLA's memory analysis: fixed bytes and bytes per image);
-    the batch is the largest power of two whose estimate fits 85 % of the device's memory (at most
-    --max-batch), compiled and timed, halved on an out-of-memory error.
-(d) Portable files (issue #14): the photo compressed on the device, then read in a CPU-only
-    process (JAX_PLATFORMS=cpu): whether the entropy-decoded symbols are identical, how many
-    predicted tokens differ and the PSNR between the two decoded images.
+(c) `train`: the train-step MFU of every stage of `--config` at the largest batch that fits: the
+    step compiled at a probe batch gives its memory (XLA's memory analysis: fixed bytes and bytes
+    per image); the batch is the largest power of two whose estimate fits 85 % of the device's
+    memory (at most --max-batch), compiled and timed, halved on an out-of-memory error. `--batch
+    N` starts from N instead (one compilation less).
+(d) `portable`: the photo compressed on the device, then read in a CPU-only process
+    (JAX_PLATFORMS=cpu): whether the entropy-decoded symbols are identical, how many predicted
+    tokens differ and the PSNR between the two decoded images (issue #14).
 
-`--budget-seconds` (default 420) stops starting new work once spent, so the whole command stays
-under 8 minutes with compilation. `--smoke` runs every part on CPU with configs/tiny.py and small
-sizes: a check that the script works before a device is spent on it.
+`--parts` picks and orders (b)-(d) (default codec,train,portable). `--budget-seconds` (default
+450) starts no part once spent, so the whole command stays under 8 minutes. `--smoke` runs every
+part on CPU with configs/tiny.py and small sizes (about a minute): a check that the script works
+before a device is spent on it.
 """
 
 from __future__ import annotations
@@ -83,8 +88,9 @@ def device_memory() -> int | None:
 
 
 def stage_mfu(cfg, stage, peak: float, *, probe: int, max_batch: int, steps: int,
-              deadline: float, log) -> dict:
-  """The largest batch of `stage` that fits, and its step time, FLOPs and MFU."""
+              deadline: float, log, batch: int | None = None) -> dict:
+  """The largest batch of `stage` that fits, and its step time, FLOPs and MFU. batch: start from
+  this batch instead of the probe's estimate (one compilation less; still halved on OOM)."""
   import jax
 
   from hybridflow_jax.models import hybridflow as hf
@@ -105,12 +111,13 @@ def stage_mfu(cfg, stage, peak: float, *, probe: int, max_batch: int, steps: int
     return built, built.step.lower(built.abstract_state, x).compile()
 
   t0 = time.perf_counter()
-  built, compiled = compile_at(probe)
-  compiled_batch = probe
+  fixed_batch = batch is not None
+  batch = batch or probe
+  built, compiled = compile_at(batch)
+  compiled_batch = batch
   mem = compiled.memory_analysis()
   limit = device_memory()
-  batch = probe
-  if mem is not None and limit:
+  if mem is not None and limit and not fixed_batch:
     fixed = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
     per_image = mem.temp_size_in_bytes / probe
     while batch * 2 <= max_batch and fixed + per_image * batch * 2 <= 0.85 * limit:
@@ -137,7 +144,8 @@ def stage_mfu(cfg, stage, peak: float, *, probe: int, max_batch: int, steps: int
       batch //= 2
   flops = cpu_bench.step_flops(compiled)
   _, sec = cpu_bench.time_steps(compiled, state, x, steps)
-  return {"batch": batch, "crop": built.crop, "step_seconds": sec, "images_per_second": batch / sec,
+  return {"batch": batch, "batch_chosen": "given" if fixed_batch else "largest that fits",
+          "crop": built.crop, "step_seconds": sec, "images_per_second": batch / sec,
           "flops_per_step": flops, "achieved_flops_per_second": flops / sec, "mfu": flops / sec / peak,
           "seconds_with_compilation": time.perf_counter() - t0}
 
@@ -189,37 +197,117 @@ def portable_files(cfg, image: np.ndarray, log) -> dict:
   return out
 
 
+def package_versions() -> dict:
+  """The versions that ran: a device image may hold others than the project's pins."""
+  from importlib import metadata
+  out = {}
+  for name in ("jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "grain", "constriction"):
+    try:
+      out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      out[name] = None
+  return out
+
+
 def bundle_entropy_model(path):
   from hybridflow_jax.codec import bundle as bundle_lib
   return bundle_lib.read(path)["entropy_model"]
+
+
+def child(args, cfg, log) -> dict:
+  """One part, in this process: "peaks", "codec", "portable" or a stage name."""
+  import jax
+  dev = jax.devices()[0]
+  out = {"device": {"platform": dev.platform, "kind": dev.device_kind, "devices": jax.device_count(),
+                    "memory_bytes": device_memory()},
+         "jax": jax.__version__, "versions": package_versions()}
+  part = args.child
+  image = cpu_bench.photo_768x512()
+  if args.smoke:
+    image = image[:128, :192]
+  if part == "peaks":
+    out["result"] = matmul_peaks(1024 if args.smoke else 8192)
+  elif part == "codec":
+    out["result"] = cpu_bench.codec_latency(cfg, image, 3, log, None)
+  elif part == "portable":
+    out["result"] = portable_files(cfg, image, log)
+  else:
+    out["result"] = stage_mfu(cfg, part, args.peak, probe=args.probe_batch,
+                              max_batch=args.max_batch, steps=args.steps,
+                              deadline=time.perf_counter() + args.budget_seconds, log=log,
+                              batch=args.batch)
+  return out
+
+
+def run_child(args, part: str, timeout: float, peak: float | None, log) -> dict:
+  """`part` in a fresh process, killed after `timeout` s: one slow compilation cannot take the
+  others' time, and each part has the whole device memory."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out = pathlib.Path(tmp) / "part.json"
+    cmd = [sys.executable, __file__, "--child", part, "--out", str(out), "--config", args.config,
+           "--budget-seconds", str(timeout), "--max-batch", str(args.max_batch),
+           "--probe-batch", str(args.probe_batch), "--steps", str(args.steps)]
+    cmd += ["--peak", str(peak)] if peak else []
+    cmd += ["--batch", str(args.batch)] if args.batch else []
+    cmd += ["--smoke"] if args.smoke else []
+    t = time.perf_counter()
+    try:
+      r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired as e:
+      tail = (e.stderr or b"")
+      tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+      log(tail)
+      return {"timed_out_after_seconds": round(timeout, 1)}
+    log(r.stderr)
+    if r.returncode != 0 or not out.exists():
+      lines = r.stderr.strip().splitlines()
+      return {"error": lines[-1] if lines else f"exit status {r.returncode}"}
+    result = json.loads(out.read_text())
+    result["seconds"] = time.perf_counter() - t
+    return result
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default=str(ROOT / "configs" / "imagenet256.py"))
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu.json"))
-  parser.add_argument("--budget-seconds", type=float, default=420.0)
+  parser.add_argument("--budget-seconds", type=float, default=450.0,
+                      help="no part starts after this; the command ends within it plus ~20 s")
+  parser.add_argument("--part-seconds", type=float, default=150.0,
+                      help="each part's limit (its process is killed after it)")
   parser.add_argument("--max-batch", type=int, default=512)
   parser.add_argument("--probe-batch", type=int, default=8)
   parser.add_argument("--steps", type=int, default=3, help="timed train steps per stage")
+  parser.add_argument("--batch", type=int, default=None,
+                      help="train at this batch (halved on OOM) instead of the largest that fits")
+  parser.add_argument("--parts", default="codec,train,portable",
+                      help="comma-separated subset of codec,train,portable, in the order run "
+                           "(matmul peaks always run first)")
   parser.add_argument("--smoke", action="store_true",
                       help="every part on CPU with configs/tiny.py and small sizes")
+  parser.add_argument("--child", help=argparse.SUPPRESS)
+  parser.add_argument("--peak", type=float, default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
-  log = lambda m: print(m, file=sys.stderr, flush=True)
+  log = lambda m: print(m, file=sys.stderr, end="" if m.endswith("\n") else "\n", flush=True)
   t0 = time.perf_counter()
   deadline = t0 + args.budget_seconds
   if args.smoke:
     args.config, args.max_batch, args.probe_batch = str(ROOT / "configs" / "tiny.py"), 4, 2
-
-  import jax
+  parts = args.parts.split(",")
+  if set(parts) - {"codec", "portable", "train"}:
+    parser.error(f"--parts: unknown part(s) {sorted(set(parts) - {'codec', 'portable', 'train'})}")
 
   from hybridflow_jax import config_io, stages
   cfg = config_io.load_config(args.config)
   cfg.data.train = "demo"          # the index prior of the untrained bundles: bundled photos
-  dev = jax.devices()[0]
-  result = {"device": {"platform": dev.platform, "kind": dev.device_kind, "devices": jax.device_count(),
-                       "memory_bytes": device_memory()},
-            "jax": jax.__version__, "config": os.path.relpath(args.config, ROOT), "parts": {}}
+  if args.child:
+    pathlib.Path(args.out).write_text(json.dumps(child(args, cfg, log)))
+    return
+
+  # The orchestrator never touches the device: each part runs in its own process.
+  result = {"config": os.path.relpath(args.config, ROOT), "budget_seconds": args.budget_seconds,
+            "part_seconds": args.part_seconds, "parts": {}}
   out = pathlib.Path(args.out)
 
   def save():
@@ -227,34 +315,33 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
 
-  peaks = matmul_peaks(1024 if args.smoke else 8192)
-  peak = max(peaks.values())
-  result["matmul_peak_flops_per_second"] = peaks
-  log(f"matmul peaks (GFLOP/s): { {k: round(v / 1e9) for k, v in peaks.items()} }")
-  save()
+  def part(name, peak=None) -> dict | None:
+    left = deadline - time.perf_counter()
+    if left < 20:
+      log(f"{name}: skipped (time budget spent)")
+      return {"skipped": "time budget spent"}
+    limit = min(args.part_seconds, left)
+    log(f"[{time.perf_counter() - t0:.0f} s] {name}: starting (limit {limit:.0f} s)")
+    r = run_child(args, name, limit, peak, log)
+    for key in ("device", "jax", "versions"):
+      if key in r:
+        result[key] = r.pop(key)
+    log(f"[{time.perf_counter() - t0:.0f} s] {name}: {r}")
+    return r
 
-  image = cpu_bench.photo_768x512()
-  if args.smoke:
-    image = image[:128, :192]
-  result["parts"]["codec"] = cpu_bench.codec_latency(cfg, image, 3, log, None)
-  log(f"codec: compress {result['parts']['codec']['compress_seconds']:.3f} s, decompress "
-      f"{result['parts']['codec']['decompress_seconds']:.3f} s")
+  peaks = part("peaks")
+  result["matmul_peak_flops_per_second"] = peaks.get("result")
+  peak = max(peaks["result"].values()) if "result" in peaks else None
   save()
-
-  result["parts"]["portable_files"] = portable_files(cfg, image, log)
-  save()
-
-  train = result["parts"]["train"] = {}
-  for stage in stages.stage_list(cfg):
-    if time.perf_counter() > deadline:
-      train[stage] = {"skipped": "time budget spent"}
-      continue
-    log(f"train step {stage}: compiling")
-    train[stage] = stage_mfu(cfg, stage, peak, probe=args.probe_batch, max_batch=args.max_batch,
-                                  steps=args.steps, deadline=deadline, log=log)
-    log(f"train step {stage}: {train[stage]}")
-    save()
-  save()
+  for name in parts:
+    if name == "train":
+      train = result["parts"]["train"] = {}
+      for stage in stages.stage_list(cfg):
+        train[stage] = part(stage, peak)
+        save()
+    else:
+      result["parts"][{"portable": "portable_files"}.get(name, name)] = part(name)
+      save()
   print(json.dumps(result, indent=1))
 
 
