@@ -97,3 +97,60 @@ def test_schedule_lists_parse_with_one_line_errors():
     schedules.parse_list("1_4,1_5")
   with pytest.raises(ValueError, match="given twice"):
     schedules.parse_list("1_4,1_4")
+
+
+def _rd_problem(seed=0, hw=(10, 14), region=4):
+  """Random per-region errors that fall as schedules get denser, and the regions' token counts."""
+  names = ("1_2", "1_4", "1_9", "1_16")
+  kept = masking.region_keep_counts(hw, region, names)
+  rng = np.random.default_rng(seed)
+  # Error falls with kept tokens at a region-dependent rate: regions differ in what tokens buy.
+  gain = rng.uniform(0.0, 1.0, kept.shape[1:])
+  base = rng.uniform(5.0, 10.0, kept.shape[1:])
+  distortion = base[None] - gain[None] * np.sqrt(kept)
+  return names, kept, distortion, hw[0] * hw[1]
+
+
+def test_region_keep_counts_add_up_to_each_schedules_keep_map():
+  names, kept, _, _ = _rd_problem()
+  for s, name in enumerate(names):
+    assert kept[s].sum() == schedules.fixed_keep_map(name, 10, 14).sum()
+
+
+@pytest.mark.parametrize("target", [0.0, 0.07, 0.1, 0.15, 0.25, 0.4, 0.6])
+def test_rd_allocation_meets_its_budget_and_spends_it_where_tokens_buy_most(target):
+  names, kept, distortion, tokens = _rd_problem()
+  choice = masking.rd_allocation(distortion, kept, tokens, target)
+  keep = schedules.region_keep_map(choice, names, 4, (10, 14))
+  sparsest_keep = np.take_along_axis(kept, np.argmin(kept, 0)[None], 0)[0].sum() / tokens
+  if target < sparsest_keep:
+    # Nothing fits: every region at its sparsest candidate (what the score allocation does too).
+    assert keep.sum() == np.min(kept, axis=0).sum()
+    return
+  assert keep.mean() <= target + 1e-12
+  # A Lagrangian choice has the least error of all choices that keep no more tokens: in
+  # particular less than any fixed schedule as sparse as it (and it is not far under budget).
+  total = lambda c: np.take_along_axis(distortion, c[None], 0)[0].sum()  # noqa: E731
+  for s in range(len(names)):
+    uniform = np.full(choice.shape, s, np.int32)
+    if np.take_along_axis(kept, uniform[None], 0)[0].sum() <= keep.sum():
+      assert total(choice) <= total(uniform) + 1e-9, names[s]
+  if target < 0.5:
+    assert keep.mean() > target - 0.05
+
+
+def test_rd_allocation_error_never_grows_with_the_budget():
+  _, kept, distortion, tokens = _rd_problem(seed=3)
+  errors = [np.take_along_axis(distortion, masking.rd_allocation(distortion, kept, tokens, t)[None],
+                               0)[0].sum() for t in np.linspace(0.06, 0.5, 23)]
+  assert all(a >= b - 1e-9 for a, b in zip(errors, errors[1:])), errors
+
+
+def test_rd_allocation_gives_tokens_to_the_region_they_help():
+  # Two regions, same token counts; only the second region's error falls with denser schedules.
+  names = ("1_4", "1_16")
+  kept = masking.region_keep_counts((4, 8), 4, names)
+  distortion = np.array([[[5.0, 5.0]], [[5.0, 9.0]]])
+  budget = (kept[0, 0, 1] + kept[1, 0, 0]) / 32          # room for one region at 1_4
+  choice = masking.rd_allocation(distortion, kept, 32, budget)
+  np.testing.assert_array_equal(choice, [[1, 0]])

@@ -40,10 +40,16 @@ from hybridflow_jax.codec.networks import Networks
 from hybridflow_jax.codec.payload import CodingModel, Frame
 from hybridflow_jax.codec.rate_control import RateError
 from hybridflow_jax.models import hybridflow as hf
+from hybridflow_jax.models import masking
 from hybridflow_jax.models.hyperprior import HYPER_STRIDE
 
-__all__ = ["DEFAULT_MAX_PIXELS", "Codec", "CodecError", "Compressed", "ConversionNotice",
-           "FormatError", "RateError", "summary", "to_uint8"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DYNAMIC_ALLOCATIONS", "Codec", "CodecError", "Compressed",
+           "ConversionNotice", "FormatError", "RateError", "summary", "to_uint8"]
+
+# How the sender picks each region's schedule in dynamic files (models/masking.py): "rd" decodes
+# every candidate schedule and minimises error + lambda x kept tokens; "score" uses the model
+# config's complexity score (no decoding at the sender). Receivers decode either.
+DYNAMIC_ALLOCATIONS = ("rd", "score")
 
 # Images above this many pixels are refused (not tiled): the decoder's activations at full
 # resolution grow with the pixel count. 2**24 is 4096 x 4096; raise it with `max_pixels`.
@@ -53,7 +59,11 @@ DEFAULT_MAX_PIXELS = 2**24
 class Codec:
   """A loaded model bundle that writes and reads HybridFlow files (see the module docstring)."""
 
-  def __init__(self, bundle: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS):
+  def __init__(self, bundle: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS,
+               allocation: str = "rd"):
+    if allocation not in DYNAMIC_ALLOCATIONS:
+      raise ValueError(f"dynamic allocation must be one of {DYNAMIC_ALLOCATIONS}, got {allocation!r}")
+    self.allocation = allocation
     self.manifest = bundle["manifest"]
     self.config = ml_collections.ConfigDict(bundle["config"])
     self.fingerprint = bytes.fromhex(self.manifest["fingerprint"])[:container.FINGERPRINT_BYTES]
@@ -72,10 +82,13 @@ class Codec:
         candidates=tuple(mcfg.masking.schedules), entropy_parameters=self.entropy_parameters)
 
   @classmethod
-  def load(cls, model: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Codec:
+  def load(cls, model: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+           allocation: str = "rd") -> Codec:
     """Loads (and verifies) a bundle `hybridflow export` wrote: a directory, or the name of a model
-    shipped with the package (`pretrained`, e.g. "small")."""
-    return cls(bundle_lib.read(pretrained.resolve(model)), max_pixels=max_pixels)
+    shipped with the package (`pretrained`, e.g. "small"). allocation: how dynamic files choose
+    each region's schedule (`DYNAMIC_ALLOCATIONS`)."""
+    return cls(bundle_lib.read(pretrained.resolve(model)), max_pixels=max_pixels,
+               allocation=allocation)
 
   def __repr__(self) -> str:
     return (f"Codec(fingerprint={self.fingerprint.hex()}, K={self.num_codes}, "
@@ -97,13 +110,26 @@ class Codec:
 
   def write(self, lat: Latents, schedule: str, budget: float | None = None) -> Compressed:
     """The file of analysed latents at one operating point. budget: dynamic masking's target keep
-    ratio (default: the model config's); of the networks, only dynamic masking runs here."""
+    ratio (default: the model config's); of the networks, only dynamic masking runs here (with
+    allocation "rd", one decode per candidate schedule, once per `lat`)."""
     choice = None
     if schedule == schedules.DYNAMIC:
       if budget is None:
         budget = float(self.config.model.masking.target_keep)
-      choice = self.networks.dynamic_choice(lat.image, budget)
+      choice = self.dynamic_choice(lat, budget)
     return files.write(lat.frame(self.coding, schedule, choice), self.fingerprint, budget)
+
+  def dynamic_choice(self, lat: Latents, budget: float) -> np.ndarray:
+    """Each region's schedule [rh, rw] (positions in the candidates) at target keep ratio
+    `budget`, by the codec's allocation."""
+    if self.allocation == "score":
+      return self.networks.dynamic_choice(lat.image, budget)
+    if lat.region_distortion is None:
+      lat.region_distortion = self.networks.region_distortion(
+          lat.image, lat.indices, lat.y_hat, lat.height, lat.width, self.coding.candidates,
+          self.coding.region)
+    kept = masking.region_keep_counts(lat.indices.shape, self.coding.region, self.coding.candidates)
+    return masking.rd_allocation(lat.region_distortion, kept, lat.indices.size, budget)
 
   def compress_detailed(self, image, schedule: str | None = None,
                         target_bpp: float | None = None, budget: float | None = None) -> Compressed:
@@ -123,7 +149,7 @@ class Codec:
     """The HybridFlow file of `image` (uint8/uint16/float array [H, W(, C)] or PIL image).
 
     schedule: "1_1", "1_2", "1_4", "1_9", "1_16" (fraction of codeword indices sent) or "dynamic"
-      (per-region schedules chosen by image complexity). Default "1_4" without `target_bpp`.
+      (per-region schedules: by the codec's `allocation`). Default "1_4" without `target_bpp`.
     target_bpp: the densest fixed schedule whose real file fits (schedule None), or the largest
       dynamic budget that fits (schedule "dynamic"); raises RateError if nothing fits.
     Conversions of the input (grey, alpha, 16-bit, ...) are reported as ConversionNotice warnings.

@@ -24,6 +24,8 @@ class Latents:
   mean: np.ndarray         # float32 [h, w, M], from the entropy parameters
   scale_index: np.ndarray  # int32 [h, w, M], the y table row of each residual
   model_bits: tuple[float, float] | None = None  # the model's (y, z) estimate, once computed
+  # Rate-distortion dynamic masking's per-candidate region errors [S, rh, rw], once computed.
+  region_distortion: np.ndarray | None = None
 
   @property
   def y_hat(self) -> np.ndarray:

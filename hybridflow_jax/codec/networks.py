@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from hybridflow_jax import schedules
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.models import masking
 
@@ -56,6 +57,36 @@ class Networks:
     """Dynamic masking of a padded image x float32 [Hp, Wp, 3] at target keep ratio `budget`: each
     region's choice, int [rh, rw], a position in the model's candidate schedules."""
     return np.asarray(self._dynamic_choice(x, np.float32(budget)))
+
+  @functools.cached_property
+  def _region_distortion(self):
+    model = self.model
+
+    def fn(params, image, indices, y_hat, maps, valid, region_px):
+      def one(keep):
+        rec, _ = hf.decode(model, params, indices[None], keep[None], y_hat[None])
+        err = jnp.sum((jnp.clip(rec[0], 0.0, 1.0) - image) ** 2, axis=-1) * valid
+        h, w = err.shape
+        err = jnp.pad(err, ((0, -h % region_px), (0, -w % region_px)))
+        return err.reshape(err.shape[0] // region_px, region_px, err.shape[1] // region_px,
+                           region_px).sum(axis=(1, 3))
+      # One candidate at a time: the sender holds one decoder's activations, as the receiver does.
+      return jax.lax.map(one, maps)
+    return jax.jit(fn, static_argnums=6)
+
+  def region_distortion(self, x: np.ndarray, indices: np.ndarray, y_hat: np.ndarray,
+                        height: int, width: int, candidates, region: int) -> np.ndarray:
+    """Rate-distortion dynamic masking's measurements: the image decoded once per candidate
+    schedule (every region at that schedule), and each region's squared error (float [0, 1]
+    pixels, summed over the region's pixels inside the image and over RGB): float64 [S, rh, rw].
+    x: the padded image [Hp, Wp, 3]; indices [h, w]; y_hat [h, w, M]."""
+    maps = schedules.candidate_maps(*indices.shape, candidates)
+    valid = np.zeros(x.shape[:2], np.float32)
+    valid[:height, :width] = 1.0
+    out = self._region_distortion(self.params, jnp.asarray(x), jnp.asarray(indices, jnp.int32),
+                                  jnp.asarray(y_hat, jnp.float32), jnp.asarray(maps),
+                                  jnp.asarray(valid), int(region) * hf.STRIDE)
+    return np.asarray(out, np.float64)
 
   @functools.cached_property
   def _render(self):

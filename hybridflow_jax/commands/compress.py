@@ -33,7 +33,7 @@ def run(ns) -> None:
   for note in notes:
     print(f"hybridflow compress: note: {note}", file=sys.stderr)
   with reported_as_user_errors(BundleError):
-    codec = Codec.load(model, max_pixels=limit)
+    codec = Codec.load(model, max_pixels=limit, allocation=ns.allocation)
   with reported_as_user_errors(CodecError, ValueError), warnings.catch_warnings():
     warnings.simplefilter("ignore", ConversionNotice)  # the notes above covered conversions
     result = codec.compress_detailed(image, schedule=ns.schedule, target_bpp=ns.target_bpp)

@@ -1,8 +1,17 @@
-"""Complexity-aware dynamic masking: which schedule each region of the token grid gets.
+"""Dynamic masking: which schedule each region of the token grid gets.
 
-Dynamic masking splits the token grid into regions of `region` x `region` tokens, scores each
-region's pixels for complexity, and gives detailed regions denser schedules under a target mean
-keep ratio. The names, ratios, wire ids and keep-map builder of the schedules themselves live in
+Dynamic masking splits the token grid into regions of `region` x `region` tokens and gives some
+regions denser schedules than others under a target mean keep ratio. Two ways to choose:
+
+- `dynamic_mask`: complexity-aware, from the pixels alone (a region's texture score). Training
+  uses it, and the codec's sender with `allocation="score"`.
+- `rd_allocation`: rate-distortion, from what the receiver would decode. The codec's sender (the
+  default `allocation="rd"`) renders the image once per candidate schedule, measures each region's
+  squared error under each, and picks per region the schedule minimising error + lambda x kept
+  tokens, lambda set by bisection to meet the budget. It costs one decode per candidate at the
+  sender; the receiver is unchanged (the choices travel as side information either way).
+
+The names, ratios, wire ids and keep-map builder of the schedules themselves live in
 `hybridflow_jax.schedules`.
 """
 
@@ -10,6 +19,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hybridflow_jax import schedules
 
@@ -95,3 +105,53 @@ def dynamic_mask(image: jax.Array, *, stride: int, region: int, target_keep: flo
   init = (jnp.float32(-20.0), jnp.float32(20.0), sparsest)
   _, _, choice = jax.lax.fori_loop(0, iterations, step, init)
   return schedules.region_keep_map(choice, names, region, (h, w), xp=jnp), choice
+
+
+def region_keep_counts(hw: tuple[int, int], region: int, names) -> np.ndarray:
+  """float64 [S, rh, rw]: tokens each candidate schedule keeps in each region (edge regions
+  smaller)."""
+  maps = schedules.candidate_maps(*hw, names).astype(np.float64)
+  rh, rw = schedules.region_grid(hw, region)
+  maps = np.pad(maps, ((0, 0), (0, rh * region - hw[0]), (0, rw * region - hw[1])))
+  return maps.reshape(len(names), rh, region, rw, region).sum(axis=(2, 4))
+
+
+def rd_allocation(distortion: np.ndarray, kept: np.ndarray, tokens: int, target_keep: float,
+                  iterations: int = 64) -> np.ndarray:
+  """Per-region choices [rh, rw] (positions in the candidates) under a mean keep budget.
+
+  distortion: [S, rh, rw] each region's squared error when every region uses candidate s; kept:
+  [S, rh, rw] tokens candidate s keeps there (`region_keep_counts`); tokens: of the whole grid.
+  Each region takes argmin_s distortion + lambda * kept; lambda is the smallest (by bisection on
+  log lambda) whose mean keep ratio is <= `target_keep`. Kept tokens never increase with lambda,
+  so the budget holds whenever the sparsest choice everywhere meets it; otherwise every region
+  takes its sparsest candidate. Ties go to the denser candidate (the first).
+  """
+  distortion, kept = np.asarray(distortion, np.float64), np.asarray(kept, np.float64)
+  if distortion.shape != kept.shape or distortion.ndim != 3:
+    raise ValueError(f"distortion {distortion.shape} and kept {kept.shape} must both be [S, rh, rw]")
+  sparsest = np.argmin(kept[::-1], axis=0).astype(np.int32)
+  sparsest = (kept.shape[0] - 1 - sparsest).astype(np.int32)   # the last of equally sparse ones
+
+  def choose(lam: float) -> np.ndarray:
+    return np.argmin(distortion + lam * kept, axis=0).astype(np.int32)
+
+  def mean_keep(choice: np.ndarray) -> float:
+    return float(np.take_along_axis(kept, choice[None], 0)[0].sum() / tokens)
+
+  if mean_keep(choose(0.0)) <= target_keep:
+    return choose(0.0)
+  # lambda's scale: a region's distortion range per token; bracket it generously, bisect in logs.
+  scale = max(float(np.ptp(distortion)), 1e-30)
+  lo, hi = np.log(scale) - 60.0, np.log(scale) + 20.0
+  best = choose(float(np.exp(hi)))
+  if mean_keep(best) > target_keep:
+    return sparsest
+  for _ in range(iterations):
+    mid = 0.5 * (lo + hi)
+    choice = choose(float(np.exp(mid)))
+    if mean_keep(choice) <= target_keep:
+      hi, best = mid, choice
+    else:
+      lo = mid
+  return best
