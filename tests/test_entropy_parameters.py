@@ -1,7 +1,7 @@
-"""The integer entropy parameters (codec/entropy_parameters.py): the JAX int32 program equals a
-plain NumPy int64 implementation of the arithmetic docs/bitstream.md states, bit for bit, for any
-z_hat (overflow bounds included), in processes with other XLA settings and with x64 on; and it
-stays close to the float h_s it was frozen from."""
+"""The integer entropy parameters (codec/entropy_parameters.py): the JAX program, with int32 or
+with (exact) float64 products, equals a plain NumPy int64 implementation of the arithmetic
+docs/bitstream.md states, bit for bit, for any z_hat (overflow bounds included), in processes with
+other XLA settings and with x64 on; and it stays close to the float h_s it was frozen from."""
 
 import hashlib
 import json
@@ -80,7 +80,20 @@ def frozen(stored):
 
 @pytest.fixture(scope="module")
 def program(frozen):
-  return jax.jit(lambda z: ep.integer_forward(frozen, z))
+  """Both forms of the arithmetic: int32 products, and float64 products (what the codec runs on
+  the host, `on_host_cpu`); asserts they agree, returns the result."""
+  int32 = jax.jit(lambda z: ep.integer_forward(frozen, z))
+  float64 = jax.jit(lambda z: ep.integer_forward(frozen, z, float64_products=True))
+
+  def both(z):
+    out = jax.device_get(int32(z))
+    with jax.enable_x64(True):
+      out64 = jax.device_get(float64(z))
+    for a, b in zip(out, out64, strict=True):
+      assert a.dtype == b.dtype
+      np.testing.assert_array_equal(a, b)
+    return out
+  return both
 
 
 def _check(frozen, program, z):

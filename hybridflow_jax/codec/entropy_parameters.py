@@ -174,15 +174,25 @@ def _shift_parts(shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
   return right, ((np.int32(1) << right) >> 1).astype(np.int32), left
 
 
-def _conv3x3(a, kernel, bias):
-  """int32 [B, H, W, C] -> int32 [B, H, W, Cout]: zero-padded 3x3 convolution, exact."""
+def _conv3x3(a, kernel, bias, float64: bool = False):
+  """int32 [B, H, W, C] -> int32 [B, H, W, Cout]: zero-padded 3x3 convolution, exact.
+
+  float64: the matrix product in float64 (needs jax's x64 mode), whose result is the same
+  integers: every product |a * w| and every partial sum, in any order, is at most the
+  accumulator bound `freeze` checks (< 2**31), far inside float64's exact integers (2**53), so no
+  rounding happens anywhere. XLA:CPU runs it about 2x faster than its int32 product.
+  """
   import jax
   import jax.numpy as jnp
   h, w = a.shape[1:3]
   p = jnp.pad(a, ((0, 0), (1, 1), (1, 1), (0, 0)))
   cols = jnp.concatenate([p[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], -1)
-  acc = jax.lax.dot_general(cols, kernel, (((3,), (0,)), ((), ())),
-                            preferred_element_type=jnp.int32)
+  if float64:
+    acc = jax.lax.dot_general(cols.astype(jnp.float64), jnp.asarray(kernel, jnp.float64),
+                              (((3,), (0,)), ((), ()))).astype(jnp.int32)
+  else:
+    acc = jax.lax.dot_general(cols, kernel, (((3,), (0,)), ((), ())),
+                              preferred_element_type=jnp.int32)
   return acc + bias
 
 
@@ -203,17 +213,19 @@ def _depth_to_space(x):
   return x.reshape(b, 2 * h, 2 * w, c // 4)
 
 
-def integer_forward(model: IntegerEntropyModel, z_hat):
+def integer_forward(model: IntegerEntropyModel, z_hat, float64_products: bool = False):
   """z_hat int [B, hz, wz, Nz] -> (mean_int int32 [B, 4hz, 4wz, M] in units of
-  2**-MEAN_FRAC_BITS, table row int32 [B, 4hz, 4wz, M]). Traceable; int32 throughout."""
+  2**-MEAN_FRAC_BITS, table row int32 [B, 4hz, 4wz, M]). Traceable; int32 throughout, except
+  with float64_products (x64 mode only): the convolutions' products and sums in float64, exact
+  (`_conv3x3`), the same integers."""
   import jax.numpy as jnp
   a = jnp.clip(jnp.asarray(z_hat).astype(jnp.int32), -Z_LIMIT, Z_LIMIT)
   for layer in model.layers[:-1]:
-    q = _requantize(_conv3x3(a, jnp.asarray(layer.kernel), jnp.asarray(layer.bias)),
-                    layer.shift, PRE_MAX)
+    q = _requantize(_conv3x3(a, jnp.asarray(layer.kernel), jnp.asarray(layer.bias),
+                             float64_products), layer.shift, PRE_MAX)
     a = _depth_to_space(jnp.take(jnp.asarray(layer.lut), q + PRE_MAX, mode="clip"))
   out = model.layers[-1]
-  acc = _conv3x3(a, jnp.asarray(out.kernel), jnp.asarray(out.bias))
+  acc = _conv3x3(a, jnp.asarray(out.kernel), jnp.asarray(out.bias), float64_products)
   m = model.latent_channels
   mean = _requantize(acc[..., :m], out.shift[:m], MEAN_LIMIT)
   v = _requantize(acc[..., m:], out.shift[m:], SCALE_LIMIT)
@@ -230,14 +242,16 @@ def on_host_cpu(model: IntegerEntropyModel
                 ) -> Callable[[np.ndarray, tuple[int, int]], tuple[np.ndarray, np.ndarray]]:
   """The codec's entropy-parameter function: (z_hat int [hz, wz, Nz], (h, w)) -> (mean float32
   [h, w, M], table row int32 [h, w, M]). Integer arithmetic, so any device would give the same
-  result; it runs on the host CPU because h_s is tiny and its input and output live there."""
+  result; it runs on the host CPU because h_s is tiny and its input and output live there. Its
+  convolutions multiply in float64 (exact, `_conv3x3`), in x64 mode for this call only."""
   import jax
   cpu = jax.devices("cpu")[0]
-  program = jax.jit(functools.partial(integer_forward, model))
+  program = jax.jit(functools.partial(integer_forward, model, float64_products=True))
 
   def entropy_parameters(z_hat: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    z = jax.device_put(np.clip(np.asarray(z_hat), -Z_LIMIT, Z_LIMIT).astype(np.int32)[None], cpu)
-    mean, row = jax.device_get(program(z))
+    z = np.clip(np.asarray(z_hat), -Z_LIMIT, Z_LIMIT).astype(np.int32)[None]
+    with jax.enable_x64(True):
+      mean, row = jax.device_get(program(jax.device_put(z, cpu)))
     h, w = hw
     return mean_to_float(mean[0, :h, :w]), np.asarray(row[0, :h, :w], np.int32)
 
