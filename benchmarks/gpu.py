@@ -315,7 +315,7 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
 
-  def part(name, peak=None) -> dict | None:
+  def part(name, peak=None) -> dict:
     left = deadline - time.perf_counter()
     if left < 20:
       log(f"{name}: skipped (time budget spent)")

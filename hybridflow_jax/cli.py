@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help=f"{', '.join(schedules.ALL)} (default {schedules.DEFAULT})")
   p.add_argument("--target-bpp", "--target_bpp", dest="target_bpp", type=float, default=None,
                  help="densest schedule (or, with --schedule dynamic, dynamic budget) that fits")
-  p.add_argument("--allocation", choices=("rd", "score"), default="rd",
+  p.add_argument("--allocation", choices=schedules.DYNAMIC_ALLOCATIONS, default="rd",
                  help="how --schedule dynamic picks each region's schedule: rd (decode every "
                       "candidate, minimise error + lambda x tokens; default) or score (the model's "
                       "complexity score, no decoding: faster)")

@@ -35,6 +35,10 @@ DEFAULT = "1_4"
 DEFAULT_CANDIDATES = ("1_2", "1_4", "1_9", "1_16")
 # The operating points the trainer's evaluation and `hybridflow eval` report by default.
 OPERATING_POINTS = ("1_4", "1_9", "1_16", DYNAMIC)
+# How a sender picks each region's schedule in dynamic files (models/masking.py): "rd" decodes
+# every candidate schedule and minimises error + lambda x kept tokens; "score" uses the model
+# config's complexity score (no decoding at the sender). Receivers decode either.
+DYNAMIC_ALLOCATIONS = ("rd", "score")
 
 _KEEP_RATIO = {"1_1": 1.0, "1_2": 1 / 2, "1_4": 1 / 4, "1_9": 1 / 9, "1_16": 1 / 16}
 _BLOCK = {"1_4": 2, "1_9": 3, "1_16": 4}

@@ -46,10 +46,7 @@ from hybridflow_jax.models.hyperprior import HYPER_STRIDE
 __all__ = ["DEFAULT_MAX_PIXELS", "DYNAMIC_ALLOCATIONS", "Codec", "CodecError", "Compressed",
            "ConversionNotice", "FormatError", "RateError", "summary", "to_uint8"]
 
-# How the sender picks each region's schedule in dynamic files (models/masking.py): "rd" decodes
-# every candidate schedule and minimises error + lambda x kept tokens; "score" uses the model
-# config's complexity score (no decoding at the sender). Receivers decode either.
-DYNAMIC_ALLOCATIONS = ("rd", "score")
+DYNAMIC_ALLOCATIONS = schedules.DYNAMIC_ALLOCATIONS
 
 # Images above this many pixels are refused (not tiled): the decoder's activations at full
 # resolution grow with the pixel count. 2**24 is 4096 x 4096; raise it with `max_pixels`.

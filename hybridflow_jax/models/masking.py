@@ -110,10 +110,8 @@ def dynamic_mask(image: jax.Array, *, stride: int, region: int, target_keep: flo
 def region_keep_counts(hw: tuple[int, int], region: int, names) -> np.ndarray:
   """float64 [S, rh, rw]: tokens each candidate schedule keeps in each region (edge regions
   smaller)."""
-  maps = schedules.candidate_maps(*hw, names).astype(np.float64)
-  rh, rw = schedules.region_grid(hw, region)
-  maps = np.pad(maps, ((0, 0), (0, rh * region - hw[0]), (0, rw * region - hw[1])))
-  return maps.reshape(len(names), rh, region, rw, region).sum(axis=(2, 4))
+  maps = jnp.asarray(schedules.candidate_maps(*hw, names), jnp.float32)
+  return np.asarray(_region_sum(maps, region), np.float64)   # counts: exact in float32
 
 
 def rd_allocation(distortion: np.ndarray, kept: np.ndarray, tokens: int, target_keep: float,
@@ -130,8 +128,8 @@ def rd_allocation(distortion: np.ndarray, kept: np.ndarray, tokens: int, target_
   distortion, kept = np.asarray(distortion, np.float64), np.asarray(kept, np.float64)
   if distortion.shape != kept.shape or distortion.ndim != 3:
     raise ValueError(f"distortion {distortion.shape} and kept {kept.shape} must both be [S, rh, rw]")
-  sparsest = np.argmin(kept[::-1], axis=0).astype(np.int32)
-  sparsest = (kept.shape[0] - 1 - sparsest).astype(np.int32)   # the last of equally sparse ones
+  # The last of equally sparse candidates: argmin over the reversed order.
+  sparsest = (kept.shape[0] - 1 - np.argmin(kept[::-1], axis=0)).astype(np.int32)
 
   def choose(lam: float) -> np.ndarray:
     return np.argmin(distortion + lam * kept, axis=0).astype(np.int32)
