@@ -52,6 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   m.bridge = ml_collections.ConfigDict(dict(
       fusion_hidden=128,                # width of each zero-initialised fusion layer (ours)
+      norm="group",                     # "group" (VQGAN's GroupNorm) or "layer": layers.norm_layer
   ))
   m.masking = ml_collections.ConfigDict(dict(
       schedules=schedules.DEFAULT_CANDIDATES,   # dynamic masking's candidates: the paper's (fig. 3)

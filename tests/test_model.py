@@ -193,3 +193,30 @@ def test_transposed_conv5x5_is_the_transposed_convolution():
       got = layer.apply(params, x)
       assert got.shape == (2, 2 * h, 2 * w, features)
       np.testing.assert_allclose(got, want + bias, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_layer_norm_decoder_is_local(norm):
+  """With norm="layer" a decoded pixel depends only on the codewords in its receptive field, so a
+  region's dynamic-masking choice cannot shift the rest of the image; GroupNorm's whole-image
+  statistics carry a change anywhere everywhere (measured on the first shipped bridges: sending
+  more indices 320 px away moved a region's colour by 1-2 %)."""
+  from hybridflow_jax.models.vq import PixelDecoder
+  decoder = PixelDecoder(channels=8, channel_mult=(1, 2), num_res_blocks=1, groups=4, norm=norm)
+  q = jax.random.normal(jax.random.PRNGKey(0), (1, 16, 16, 4))
+  params = decoder.init(jax.random.PRNGKey(1), q)
+  far = q.at[:, :, 15].add(3.0)        # one column of codewords, 11 tokens from the left ones
+  out, out_far = decoder.apply(params, q), decoder.apply(params, far)
+  left = np.abs(np.asarray(out_far - out)[:, :, :8])    # pixels of the 4 leftmost tokens
+  right = np.abs(np.asarray(out_far - out)[:, :, -2:])
+  assert right.max() > 1e-3                            # the change reaches the output
+  if norm == "layer":
+    assert left.max() == 0.0
+  else:
+    assert left.max() > 1e-4
+
+
+def test_unknown_norm_is_one_clear_error():
+  from hybridflow_jax.models.layers import norm_layer
+  with pytest.raises(ValueError, match="norm must be one of"):
+    norm_layer("batch", 8, 4, "n")

@@ -46,8 +46,10 @@ class HybridFlow(nn.Module):
     # Bundles written before windowed attention have no `window`: they decode as they were made.
     self.transformer = MaskedTokenTransformer(vq.num_codes, tr.dim, tr.depth, tr.heads,
                                               tr.mlp_dim, tr.dropout, tr.get("window", 0))
+    # Bundles written before the bridge's `norm` option have GroupNorm bridges.
     self.bridge = PixelDecoder(vq.channels, vq.channel_mult, vq.num_res_blocks, vq.groups,
-                               fuse=True, fusion_hidden=self.config.bridge.fusion_hidden)
+                               fuse=True, fusion_hidden=self.config.bridge.fusion_hidden,
+                               norm=self.config.bridge.get("norm", "group"))
     # Not part of the codec: the continuous-only codec of the ablation (`models/baseline.py`).
     self.baseline = ContinuousBaseline(ct.channels, ct.latent_channels, ct.hyper_channels,
                                        vq.channels, vq.channel_mult, vq.num_res_blocks, vq.groups,

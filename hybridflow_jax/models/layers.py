@@ -37,17 +37,37 @@ def resize_to(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
   return jax.image.resize(x, (x.shape[0], *hw, x.shape[-1]), method="bilinear")
 
 
+NORMS = ("group", "layer")
+
+
+def norm_layer(kind: str, channels: int, groups: int, name: str) -> nn.Module:
+  """The normalisation of a conv block over `channels` features.
+
+  "group": GroupNorm, statistics over the whole image per group of channels (VQGAN's). Every output
+    pixel then depends on every input pixel, however far: a change anywhere shifts the whole image.
+  "layer": LayerNorm over the channels at each position. Local: an output pixel depends only on its
+    receptive field, and the statistics do not change with the image's size. Same parameter names
+    and shapes (`scale`, `bias` [channels]) as "group", so weights copy between the two.
+  """
+  if kind == "group":
+    return nn.GroupNorm(num_groups(channels, groups), name=name)
+  if kind == "layer":
+    return nn.LayerNorm(epsilon=1e-6, name=name)
+  raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
 class ResBlock(nn.Module):
-  """Pre-activation residual block: GroupNorm -> swish -> conv3x3, twice, with a 1x1 skip if needed."""
+  """Pre-activation residual block: norm -> swish -> conv3x3, twice, with a 1x1 skip if needed."""
 
   features: int
   groups: int = 32
+  norm: str = "group"     # `norm_layer`'s kind
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = nn.GroupNorm(num_groups(x.shape[-1], self.groups), name="norm1")(x)
+    h = norm_layer(self.norm, x.shape[-1], self.groups, "norm1")(x)
     h = nn.Conv(self.features, (3, 3), name="conv1")(nn.swish(h))
-    h = nn.GroupNorm(num_groups(self.features, self.groups), name="norm2")(h)
+    h = norm_layer(self.norm, self.features, self.groups, "norm2")(h)
     h = nn.Conv(self.features, (3, 3), name="conv2")(nn.swish(h))
     if x.shape[-1] != self.features:
       x = nn.Conv(self.features, (1, 1), name="skip")(x)

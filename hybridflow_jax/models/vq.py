@@ -12,7 +12,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hybridflow_jax.models.layers import Downsample, ResBlock, Upsample, ZeroFusion, num_groups
+from hybridflow_jax.models.layers import (
+  Downsample,
+  ResBlock,
+  Upsample,
+  ZeroFusion,
+  norm_layer,
+  num_groups,
+)
 
 
 class VQEncoder(nn.Module):
@@ -53,6 +60,7 @@ class PixelDecoder(nn.Module):
   groups: int = 32
   fuse: bool = False
   fusion_hidden: int = 64
+  norm: str = "group"     # layers.norm_layer's kind: "layer" makes every output pixel local
 
   @nn.compact
   def __call__(self, q: jax.Array, cond: jax.Array | None = None) -> jax.Array:
@@ -60,16 +68,16 @@ class PixelDecoder(nn.Module):
       raise ValueError("a fused PixelDecoder needs the conditioning latent `cond`")
     levels = list(enumerate(self.channel_mult))[::-1]
     h = nn.Conv(self.channels * self.channel_mult[-1], (3, 3), name="conv_in")(q)
-    h = ResBlock(h.shape[-1], self.groups, name="mid_res0")(h)
-    h = ResBlock(h.shape[-1], self.groups, name="mid_res1")(h)
+    h = ResBlock(h.shape[-1], self.groups, self.norm, name="mid_res0")(h)
+    h = ResBlock(h.shape[-1], self.groups, self.norm, name="mid_res1")(h)
     for i, mult in levels:
       if self.fuse:
         h = ZeroFusion(h.shape[-1], self.fusion_hidden, name=f"fuse{i}")(h, cond)
       for j in range(self.num_res_blocks):
-        h = ResBlock(self.channels * mult, self.groups, name=f"up{i}_res{j}")(h)
+        h = ResBlock(self.channels * mult, self.groups, self.norm, name=f"up{i}_res{j}")(h)
       if i > 0:
         h = Upsample(self.channels * mult, name=f"up{i}_sample")(h)
-    h = nn.swish(nn.GroupNorm(num_groups(h.shape[-1], self.groups), name="norm_out")(h))
+    h = nn.swish(norm_layer(self.norm, h.shape[-1], self.groups, "norm_out")(h))
     return nn.Conv(3, (3, 3), name="conv_out")(h) * 0.5 + 0.5
 
 
