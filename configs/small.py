@@ -59,16 +59,6 @@ def get_config():
   # runs/small_baseline3); 0.067, read off that line for the hybrid's ~0.042, wrote 0.0428 with
   # 2200 steps (runs/small_baseline6): 7 % above the hybrid's 0.0399.
   c.losses.baseline_rate_target = 0.067
-  # The bridge normalises each position over its channels, not each image over its positions
-  # (layers.norm_layer). With GroupNorm (the bridge shipped before, runs/small_r55) a decoded
-  # region depended on indices sent anywhere in the image: on the held-out Path photo, sending half
-  # the indices in regions 320 px away cut a region's error by 18 % (a whole-image colour shift),
-  # while sending half of its own indices changed it by 0.1-5 % (three regions). Per-region
-  # allocation cannot work on such a decoder (dynamic 0.016 dB under its line), and 256 px crops
-  # normalise unlike whole photos. The same 600 bridge steps with LayerNorm (runs/small_ln, the
-  # shipped model): held-out 1_4 22.58 -> 22.89 dB, LPIPS 0.5851 -> 0.5800, dynamic 0.023 dB
-  # above its line (docs/results.md).
-  c.model.bridge.norm = "layer"
   c.data.train = "folder:data/photos/train"
   c.data.eval = "folder:data/photos/heldout"
   c.data.eval_limit = 3

@@ -62,24 +62,36 @@ def test_stage_records_are_consistent(tiny_params):
     stages.get("vqq")
 
 
-def test_bridge_with_zero_fusion_equals_pixel_decoder(tiny_model, tiny_params, images):
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_bridge_starts_from_the_pixel_decoder(norm, tiny_config, tiny_params, images):
+  # The bridge copies G_vq's weights. With G_vq's own normalisation (GroupNorm) and zero fusion it
+  # is exactly G_vq; with the default per-position LayerNorm it is another function of the same
+  # weights (what the bridge stage then trains), still blind to y_hat until fusion learns.
+  config = tiny_config.copy_and_resolve_references()
+  config.model.bridge.norm = norm
+  model = hf.build_model(config)
   params = flax.core.unfreeze(tiny_params)
   params["bridge"] = init_bridge_from_pixel_decoder(params["bridge"], params["pixel_decoder"])
   p = {"params": params}
-  indices = tiny_model.apply(p, images, method=hf.HybridFlow.tokenize)["indices"]
-  y_shape = tiny_model.apply(p, images, method=hf.HybridFlow.continuous_stream)["y_hat"].shape
+  indices = model.apply(p, images, method=hf.HybridFlow.tokenize)["indices"]
+  y_shape = model.apply(p, images, method=hf.HybridFlow.continuous_stream)["y_hat"].shape
   # Untrained, y_hat rounds to zero; any latent must leave the output unchanged, so use a big one.
   y_hat = jnp.round(3.0 * jax.random.normal(jax.random.PRNGKey(2), y_shape))
-  plain = tiny_model.apply(p, indices, method=hf.HybridFlow.render_codebook)
-  bridged = tiny_model.apply(p, indices, y_hat, method=hf.HybridFlow.render)
-  np.testing.assert_array_equal(plain, bridged)
+  plain = model.apply(p, indices, method=hf.HybridFlow.render_codebook)
+  bridged = model.apply(p, indices, y_hat, method=hf.HybridFlow.render)
+  np.testing.assert_array_equal(bridged, model.apply(p, indices, 0 * y_hat,
+                                                     method=hf.HybridFlow.render))
+  if norm == "group":
+    np.testing.assert_array_equal(plain, bridged)
+  else:
+    assert not np.allclose(plain, bridged)
   # And the continuous latent does reach it once the fusion layers are no longer zero.
   leaves, tree = jax.tree.flatten(params["bridge"])
   keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
   params["bridge"] = jax.tree.unflatten(
       tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-  moved = tiny_model.apply({"params": params}, indices, y_hat, method=hf.HybridFlow.render)
-  moved2 = tiny_model.apply({"params": params}, indices, y_hat * 2, method=hf.HybridFlow.render)
+  moved = model.apply({"params": params}, indices, y_hat, method=hf.HybridFlow.render)
+  moved2 = model.apply({"params": params}, indices, y_hat * 2, method=hf.HybridFlow.render)
   assert not np.allclose(moved, moved2)
 
 

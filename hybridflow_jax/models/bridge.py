@@ -2,8 +2,11 @@
 
 A copy of the codebook stream's pixel decoder whose every scale also receives the continuous
 latent y_hat through zero-initialised fusion layers (`PixelDecoder(fuse=True)`). Initialised from
-the trained pixel decoder it reproduces that decoder exactly; training then teaches the fusion
+the trained pixel decoder it starts from that decoder's weights; training then teaches the fusion
 layers (and the copied weights) to correct the codebook decoder's deviations with continuous detail.
+With the same normalisation as the pixel decoder (`config.model.bridge.norm = "group"`) it starts as
+exactly that decoder; the default "layer" normalises per position instead (the same parameters,
+other statistics), so that each decoded region depends only on what is sent near it.
 """
 
 from __future__ import annotations

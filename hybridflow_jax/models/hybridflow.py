@@ -46,7 +46,7 @@ class HybridFlow(nn.Module):
     # Bundles written before windowed attention have no `window`: they decode as they were made.
     self.transformer = MaskedTokenTransformer(vq.num_codes, tr.dim, tr.depth, tr.heads,
                                               tr.mlp_dim, tr.dropout, tr.get("window", 0))
-    # Bundles written before the bridge's `norm` option have GroupNorm bridges.
+    # Bundles written before the bridge's `norm` option have GroupNorm bridges: they decode as made.
     self.bridge = PixelDecoder(vq.channels, vq.channel_mult, vq.num_res_blocks, vq.groups,
                                fuse=True, fusion_hidden=self.config.bridge.fusion_hidden,
                                norm=self.config.bridge.get("norm", "group"))
