@@ -7,11 +7,52 @@ command line with `--config.model.vq.num_codes=512`.
 
 from __future__ import annotations
 
+import json
 import math
 
 import ml_collections
 
 from hybridflow_jax import schedules
+
+# What a recorded `model` config (a run's config.json, a bundle's) means by a key it lacks: the
+# behaviour from before the key existed, so old runs and bundles build the networks they trained.
+LEGACY_MODEL_DEFAULTS = {
+    "transformer.window": 0,        # global attention, before windowed attention
+    "bridge.norm": "group",         # GroupNorm, before model.bridge.norm
+}
+
+
+def legacy_get(model: ml_collections.ConfigDict, key: str):
+  """`model`'s value at dotted `key`, or LEGACY_MODEL_DEFAULTS[key] where the config lacks it."""
+  node = model
+  for part in key.split("."):
+    if part not in node:
+      return LEGACY_MODEL_DEFAULTS[key]
+    node = node[part]
+  return node
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def model_differences(recorded: dict, given: dict) -> list[str]:
+  """'key: recorded X, given Y' for every `model` value that differs between two configs (plain
+  dicts, as config.json holds them); a key the recorded one lacks counts as its legacy default."""
+  a = _flat(json.loads(json.dumps(recorded)))
+  b = _flat(json.loads(json.dumps(given)))      # tuples -> lists, as recorded
+  for key, value in LEGACY_MODEL_DEFAULTS.items():
+    a.setdefault(key, value)
+  def show(flat, k):
+    return repr(flat[k]) if k in flat else "(absent)"
+  return [f"model.{k}: recorded {show(a, k)}, given {show(b, k)}"
+          for k in sorted(set(a) | set(b)) if (k in a, a.get(k)) != (k in b, b.get(k))]
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -159,6 +200,7 @@ def crop_size(c: ml_collections.ConfigDict, stage: str) -> int:
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError with one line naming the bad key."""
   # Deferred: config files import this module, and loading a config must not start jax.
+  from hybridflow_jax.models.layers import NORMS
   from hybridflow_jax.models.masking import COMPLEXITY_SCORES
   from hybridflow_jax.stages import NAMES as STAGES
 
@@ -175,11 +217,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
     bad("model.vq.distance", f"must be l2 or cosine, got {vq.distance!r}")
   if c.model.continuous.quantization not in ("noise", "ste"):
     bad("model.continuous.quantization", "must be noise or ste")
-  # Runs written before windowed attention have no `window`: global attention, as they trained.
-  window, grid = c.model.transformer.get("window", 0), crop_size(c, "transformer") // 16
+  window, grid = legacy_get(c.model, "transformer.window"), crop_size(c, "transformer") // 16
   if window < 0 or window > grid:
     bad("model.transformer.window", f"must be 0 (global attention) or 1..{grid}, the transformer's "
         f"training grid (crop_size.transformer / 16); got {window}")
+  if legacy_get(c.model, "bridge.norm") not in NORMS:
+    bad("model.bridge.norm", f"must be one of {', '.join(NORMS)}, got {c.model.bridge.norm!r}")
   if c.model.transformer.dim % 4 or c.model.transformer.dim % c.model.transformer.heads:
     bad("model.transformer.dim", "must be a multiple of 4 and of transformer.heads")
   for s in c.model.masking.schedules:

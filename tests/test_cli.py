@@ -55,6 +55,8 @@ def test_config_overrides_reach_the_model():
     (("info", "--config", "configs/tiny.py", "--config.x.y=1"), "--config.x.y: the config has no"),
     (("info", "--config", "configs/tiny.py", "--config.model.transformer.window=8"),
      "config.model.transformer.window: must be 0 (global attention) or 1..4"),
+    (("info", "--config", "configs/tiny.py", "--config.model.bridge.norm=batch"),
+     "config.model.bridge.norm: must be one of group, layer"),
     (("info", "--config", "configs/tiny.py", "--config.model.vq.num_codes=abc"), "invalid literal"),
     (("info", "--config", "configs/tiny.py", "--bogus"), "unrecognized argument"),
     (("train", "--config", "configs/tiny.py"), "--workdir is required"),

@@ -289,3 +289,22 @@ def test_gan_terms_compile_only_when_they_switch_on_within_the_stage(gan_start, 
   assert ("gan_d" in metrics and "gan_g" in metrics) == gan_metrics
   # The discriminator stays in the state either way: checkpoints do not depend on gan_start.
   assert jax.tree.leaves(built.abstract_state.disc_params)
+
+
+def test_a_run_refuses_another_model_config(tmp_path, tiny_config):
+  # A run's stages trained the networks its config.json records, and export builds those: training
+  # on with another model (here: a run recorded before model.bridge.norm, i.e. a GroupNorm bridge,
+  # resumed under today's LayerNorm default) would export params into the wrong networks.
+  from hybridflow_jax.errors import UserError
+  from hybridflow_jax.train import trainer
+  recorded = tiny_config.to_dict()
+  del recorded["model"]["bridge"]["norm"]
+  (tmp_path / "config.json").write_text(json.dumps(recorded))
+  with pytest.raises(UserError, match=r"model.bridge.norm: recorded 'group', given 'layer'"):
+    trainer.train(tiny_config, tmp_path, log=lambda _: None)
+  assert not (tmp_path / "vq").exists()
+  # The same values, recorded or absent-with-the-old-meaning, pass the check.
+  cfg = tiny_config.copy_and_resolve_references()
+  cfg.model.bridge.norm = "group"
+  from hybridflow_jax.train.rundir import RunDir
+  RunDir(tmp_path).check_model(cfg)

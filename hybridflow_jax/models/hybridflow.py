@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from hybridflow_jax import schedules
+from hybridflow_jax.config import legacy_get
 from hybridflow_jax.models import masking as masking_lib
 from hybridflow_jax.models.baseline import ContinuousBaseline
 from hybridflow_jax.models.hyperprior import ContinuousStream
@@ -43,13 +44,13 @@ class HybridFlow(nn.Module):
     self.pixel_decoder = PixelDecoder(vq.channels, vq.channel_mult, vq.num_res_blocks, vq.groups)
     self.continuous = ContinuousStream(ct.channels, ct.latent_channels, ct.hyper_channels,
                                        ct.head_channels, ct.quantization)
-    # Bundles written before windowed attention have no `window`: they decode as they were made.
+    # Runs and bundles recorded before a key existed build what they trained (config.legacy_get).
     self.transformer = MaskedTokenTransformer(vq.num_codes, tr.dim, tr.depth, tr.heads,
-                                              tr.mlp_dim, tr.dropout, tr.get("window", 0))
-    # Bundles written before the bridge's `norm` option have GroupNorm bridges: they decode as made.
+                                              tr.mlp_dim, tr.dropout,
+                                              legacy_get(self.config, "transformer.window"))
     self.bridge = PixelDecoder(vq.channels, vq.channel_mult, vq.num_res_blocks, vq.groups,
                                fuse=True, fusion_hidden=self.config.bridge.fusion_hidden,
-                               norm=self.config.bridge.get("norm", "group"))
+                               norm=legacy_get(self.config, "bridge.norm"))
     # Not part of the codec: the continuous-only codec of the ablation (`models/baseline.py`).
     self.baseline = ContinuousBaseline(ct.channels, ct.latent_channels, ct.hyper_channels,
                                        vq.channels, vq.channel_mult, vq.num_res_blocks, vq.groups,

@@ -22,6 +22,9 @@ import pathlib
 
 import ml_collections
 
+from hybridflow_jax import config as config_lib
+from hybridflow_jax.errors import UserError
+
 
 class StageDir:
   """WORKDIR/STAGE/ (see the module docstring)."""
@@ -59,6 +62,18 @@ class RunDir:
 
   def stage(self, name: str) -> StageDir:
     return StageDir(self.root / name)
+
+  def check_model(self, cfg: ml_collections.ConfigDict) -> None:
+    """UserError (one line) if this run recorded another `model` config than `cfg`'s: its stages'
+    params were trained for those networks, and export and eval build what config.json says."""
+    if not self.config_file.is_file():
+      return
+    recorded = json.loads(self.config_file.read_text()).get("model", {})
+    diffs = config_lib.model_differences(recorded, cfg.model.to_dict())
+    if diffs:
+      more = f" (and {len(diffs) - 2} more)" if len(diffs) > 2 else ""
+      raise UserError(f"{self.root} was trained with another model config: {'; '.join(diffs[:2])}"
+                      f"{more}; train it with the recorded values or use a new --workdir")
 
   def write_config(self, cfg: ml_collections.ConfigDict) -> None:
     """Records the run's config once; a resumed run keeps the first one."""

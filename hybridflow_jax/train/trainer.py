@@ -301,6 +301,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path,
           log: Callable[[str], None] = _log) -> dict:
   """Runs `cfg.stage` (or every stage for "pipeline") in `workdir`; returns the final table."""
   rundir = RunDir(workdir)
+  rundir.check_model(cfg)
   rundir.root.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     rundir.write_config(cfg)
