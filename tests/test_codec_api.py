@@ -195,8 +195,9 @@ def test_real_file_bits_match_the_model_estimate_within_one_percent(codec, photo
 # (`hybridflow_jax.CPU_XLA_FLAG`), stride-2 convolutions got their input gradient by phases
 # (`layers.StridedConv`) and stages whose GAN never switches on stopped compiling it (the tiny run
 # trains through other float arithmetic each time; the shipped model's recorded files, in
-# test_pretrained_small.py, did not change).
-COFFEE_1_4_SHA256 = "7d533981f4c87917ee6d3e6925091d8975373b4f7b442af5d8276ffc217ca127"
+# test_pretrained_small.py, did not change), and when the bridge's normalisation joined the model
+# config (`model.bridge.norm`, default "layer": the bundle's fingerprint covers it).
+COFFEE_1_4_SHA256 = "f0615b287a9948ed17b8f6ad51194df243de5331c296380fd865fcf08c4e59db"
 
 
 def test_files_keep_their_bytes(codec):
