@@ -122,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
               "NAME=SOURCE --out DIR)")
   p.add_argument("--workdir", required=True, help="a finished training run")
   p.add_argument("--baseline-workdir", "--baseline_workdir", dest="baseline_workdir", default=None,
-                 help="the run whose finished `baseline` stage is the continuous-only codec "
-                      "(default: --workdir)")
+                 help="the run whose finished `baseline` stage is the continuous-only codec, "
+                      "built as that run's config.json records it (default: --workdir)")
   _add_data_flags(p, "directory for ablation.json/.md/.png and panel.png",
                   "replace earlier ablation results in --out")
   p.add_argument("--schedules", default=",".join(("1_4", "1_9", "1_16", "dynamic")),

@@ -100,7 +100,8 @@ def base_config() -> ml_collections.ConfigDict:
       # crops normalise unlike whole photos. The same runs with "layer": `small` held-out 1_4
       # 22.58 -> 22.89 dB and dynamic 0.016 dB under -> 0.023 above its line; `demo` 1_4 14.16 ->
       # 15.85 dB, LPIPS 0.773 -> 0.696 (docs/results.md). G_vq keeps GroupNorm; the bridge still
-      # starts from its weights (same names and shapes).
+      # starts from its weights (same names and shapes). The ablation's continuous-only codec
+      # (`baseline` stage) renders with the same normalisation: equal footing.
       norm="layer",
   ))
   m.masking = ml_collections.ConfigDict(dict(

@@ -232,3 +232,21 @@ def test_unknown_norm_is_one_clear_error():
   from hybridflow_jax.models.layers import norm_layer
   with pytest.raises(ValueError, match="norm must be one of"):
     norm_layer("batch", 8, 4, "n")
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_baseline_synthesis_normalises_as_the_bridge(norm, tiny_config, tiny_params):
+  # The ablation's continuous-only codec renders with the bridge's normalisation, so the two
+  # codecs compare on equal footing: local with "layer", whole-image with "group".
+  config = tiny_config.copy_and_resolve_references()
+  config.model.bridge.norm = norm
+  model = hf.build_model(config)
+  m = config.model.continuous.latent_channels
+  y = jax.random.normal(jax.random.PRNGKey(0), (1, 16, 16, m))
+  far = y.at[:, :, 15].add(3.0)
+  render = lambda v: model.apply({"params": tiny_params}, v,
+                                 method=lambda mod, v: mod.baseline.synthesis(v))
+  diff = np.abs(np.asarray(render(far) - render(y)))
+  assert diff[:, :, -32:].max() > 1e-3
+  left = diff[:, :, :32].max()                # pixels of the 2 leftmost latents, 13 away
+  assert left == 0.0 if norm == "layer" else left > 1e-4

@@ -157,12 +157,16 @@ def load(workdir, *, baseline_workdir=None, prior_images: int | None = 1000,
   continuous = {"continuous head": ContinuousOnlyCodec(
       config, full, full["continuous"], lambda m, y: m.continuous.synthesis_head(y),
       prior_images)}
-  stage = RunDir(baseline_workdir or workdir).stage("baseline")
+  base_run = RunDir(baseline_workdir or workdir)
+  stage = base_run.stage("baseline")
   if stage.is_done():
-    base = ckpt_lib.load_params(stage.params, hf.param_shapes(codec.model))
+    # Built as its own run recorded it (another run's baseline may have trained another synthesis).
+    base_config = base_run.read_config() if baseline_workdir else config
+    base_model = hf.build_model(base_config)
+    base = ckpt_lib.load_params(stage.params, hf.param_shapes(base_model))
     full["baseline"] = jax.tree.map(np.asarray, base["baseline"])
     continuous["continuous-only"] = ContinuousOnlyCodec(
-        config, full, full["baseline"]["stream"], lambda m, y: m.baseline.synthesis(y),
+        base_config, full, full["baseline"]["stream"], lambda m, y: m.baseline.synthesis(y),
         prior_images)
   else:
     log(f"no finished baseline stage in {baseline_workdir or workdir}: no continuous-only row")

@@ -28,13 +28,14 @@ class ContinuousBaseline(nn.Module):
   num_res_blocks: int
   groups: int
   quantization: str = "noise"
+  norm: str = "group"    # the synthesis' normalisation (layers.norm_layer): the bridge's
 
   def setup(self):
     # head_channels=1: the light head is never called here, so it never gets parameters.
     self.stream = ContinuousStream(self.channels, self.latent_channels, self.hyper_channels, 1,
                                    self.quantization)
     self.synthesis = PixelDecoder(self.decoder_channels, self.channel_mult, self.num_res_blocks,
-                                  self.groups)
+                                  self.groups, norm=self.norm)
 
   def __call__(self, x: jax.Array, rng: jax.Array | None = None, train: bool = True):
     """x [B, H, W, 3] in [0, 1] -> the stream's outputs (y_hat, likelihoods, ...) and `x_base`."""

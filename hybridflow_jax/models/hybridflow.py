@@ -52,9 +52,10 @@ class HybridFlow(nn.Module):
                                fuse=True, fusion_hidden=self.config.bridge.fusion_hidden,
                                norm=legacy_get(self.config, "bridge.norm"))
     # Not part of the codec: the continuous-only codec of the ablation (`models/baseline.py`).
+    # Its synthesis normalises as the bridge does: the two codecs render on equal footing.
     self.baseline = ContinuousBaseline(ct.channels, ct.latent_channels, ct.hyper_channels,
                                        vq.channels, vq.channel_mult, vq.num_res_blocks, vq.groups,
-                                       ct.quantization)
+                                       ct.quantization, legacy_get(self.config, "bridge.norm"))
 
   def __call__(self, x: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
     """Touches every parameter once; used by `init`."""
