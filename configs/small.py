@@ -1,9 +1,9 @@
 """The reference recipe `small`: the model shipped in `hybridflow_jax/pretrained/small/`.
-Measured on a 2-core CPU: the codec's `continuous`, `transformer` and `bridge` stages 51 minutes
-wall (most of it beside the baseline's run), the 2200-step baseline 60 minutes (half of it beside
-the codec); `vq` (1500 steps) is about 10 minutes of steps at docs/benchmarks.md's step time (the
-shipped vq stage was trained in the first `small` run). Resumable: rerun the same command after
-an interruption.
+Measured on a 2-core CPU: `continuous` and `transformer` with a first bridge 51 minutes wall (most
+of it beside a baseline's run); the shipped bridge (LayerNorm, 600 steps) 16 minutes alone; the
+2200-step baseline 46 minutes alone; `vq` (1500 steps) is about 10 minutes of steps at
+docs/benchmarks.md's step time (the shipped vq stage was trained in the first `small` run).
+Resumable: rerun the same command after an interruption.
 
     sudo apt-get install plasma-workspace-wallpapers
     python -m hybridflow_jax.data.debian_photos --out data/photos
@@ -57,7 +57,8 @@ def get_config():
   # training crops, so the target does not carry over one to one: with 1200 steps a baseline held
   # at 0.050 wrote 0.0276 bpp files there and one held at 0.065 wrote 0.0408 (runs/small_baseline4,
   # runs/small_baseline3); 0.067, read off that line for the hybrid's ~0.042, wrote 0.0428 with
-  # 2200 steps (runs/small_baseline6): 7 % above the hybrid's 0.0399.
+  # 2200 steps (runs/small_baseline6, GroupNorm synthesis) and 0.0432 with the LayerNorm synthesis
+  # it now has (runs/small_baseline_ln): 7-8 % above the hybrid's 0.0399.
   c.losses.baseline_rate_target = 0.067
   c.data.train = "folder:data/photos/train"
   c.data.eval = "folder:data/photos/heldout"
