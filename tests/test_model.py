@@ -217,15 +217,17 @@ def test_layer_norm_decoder_is_local(norm):
   decoder = PixelDecoder(channels=8, channel_mult=(1, 2), num_res_blocks=1, groups=4, norm=norm)
   q = jax.random.normal(jax.random.PRNGKey(0), (1, 16, 16, 4))
   params = decoder.init(jax.random.PRNGKey(1), q)
-  far = q.at[:, :, 15].add(3.0)        # one column of codewords, 11 tokens from the left ones
-  out, out_far = decoder.apply(params, q), decoder.apply(params, far)
-  left = np.abs(np.asarray(out_far - out)[:, :, :8])    # pixels of the 4 leftmost tokens
-  right = np.abs(np.asarray(out_far - out)[:, :, -2:])
-  assert right.max() > 1e-3                            # the change reaches the output
-  if norm == "layer":
-    assert left.max() == 0.0
-  else:
-    assert left.max() > 1e-4
+  # Pixels of the 4 leftmost tokens, 11 tokens from the changed column.
+  _check_locality(lambda v: decoder.apply(params, v), q, norm, left_px=8, right_px=2)
+
+
+def _check_locality(render, x, norm, left_px, right_px):
+  """Adds 3 to the last column of x [1, 16, 16, C]: the change reaches the rightmost `right_px`
+  pixel columns; the leftmost `left_px` do not move with norm "layer" and do with "group"."""
+  diff = np.abs(np.asarray(render(x.at[:, :, 15].add(3.0)) - render(x)))
+  assert diff[:, :, -right_px:].max() > 1e-3
+  left = diff[:, :, :left_px].max()
+  assert left == 0.0 if norm == "layer" else left > 1e-4
 
 
 def test_unknown_norm_is_one_clear_error():
@@ -243,10 +245,7 @@ def test_baseline_synthesis_normalises_as_the_bridge(norm, tiny_config, tiny_par
   model = hf.build_model(config)
   m = config.model.continuous.latent_channels
   y = jax.random.normal(jax.random.PRNGKey(0), (1, 16, 16, m))
-  far = y.at[:, :, 15].add(3.0)
   render = lambda v: model.apply({"params": tiny_params}, v,
                                  method=lambda mod, v: mod.baseline.synthesis(v))
-  diff = np.abs(np.asarray(render(far) - render(y)))
-  assert diff[:, :, -32:].max() > 1e-3
-  left = diff[:, :, :32].max()                # pixels of the 2 leftmost latents, 13 away
-  assert left == 0.0 if norm == "layer" else left > 1e-4
+  # Pixels of the 2 leftmost latents, 13 from the changed column.
+  _check_locality(render, y, norm, left_px=32, right_px=32)
