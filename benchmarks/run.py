@@ -469,6 +469,9 @@ def main():
                       help="an interpreter where compressai imports")
   parser.add_argument("--skip", default="",
                       help="comma-separated parts to skip: train,codec,grain,memory")
+  parser.add_argument("--batch", type=int, default=None,
+                      help="global batch of the train part (default: the config's train.batch_size);"
+                           " e.g. 8 to time configs/imagenet256.py's widths on a CPU")
   parser.add_argument("--large-size", type=int, default=2048,
                       help="side of the square photo whose peak memory is measured")
   args = parser.parse_args()
@@ -479,6 +482,10 @@ def main():
 
   from hybridflow_jax import config_io
   cfg = config_io.load_config(args.config)
+  if args.batch is not None:
+    if args.batch < 1:
+      parser.error(f"--batch must be a positive number of images, got {args.batch}")
+    cfg.train.batch_size = args.batch
   t0 = time.perf_counter()
   peak = matmul_peak()
   log(f"matmul peak: {peak / 1e9:.1f} GFLOP/s")
@@ -487,6 +494,7 @@ def main():
                  "devices": jax.device_count(), "cpu_count": os.cpu_count(),
                  "machine": platform.machine(), "processor": platform.processor()},
       "jax": jax.__version__, "config": os.path.relpath(args.config, ROOT),
+      "batch": cfg.train.batch_size,
       "matmul_peak_flops_per_second": peak,
       # What XLA was told (hybridflow_jax adds its CPU_XLA_FLAG unless the flag is set already).
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
