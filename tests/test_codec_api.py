@@ -5,7 +5,6 @@ The bundle is exported with the command line from the session's tiny training ru
 so everything here runs on trained weights, as users run it.
 """
 
-import hashlib
 import json
 import pathlib
 import resource
@@ -22,7 +21,6 @@ from helpers import hybridflow, run_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from skimage import data as skimage_data
 
 from hybridflow_jax import imageio, schedules
 from hybridflow_jax.codec import api, container
@@ -183,28 +181,10 @@ def test_real_file_bits_match_the_model_estimate_within_one_percent(codec, photo
 # --------------------------------------------------------------------------------------------------
 # The bytes of a file.
 
-# sha256 of `hybridflow compress` on skimage's coffee at 1_4 with the tiny pipeline's bundle
-# (helpers.TINY_PIPELINE, PRIOR_IMAGES). Recorded before the codec was restructured (issue #11),
-# and again when the vq stage's codebook init changed training and when the rate-distortion
-# convention and the continuous stream's sizes changed (issue #12), and when the transformer's
-# `window` joined the model config (the bundle's fingerprint, in every file's header, covers it),
-# and when the entropy parameters became integer arithmetic (issue #14; bundle version 2), and
-# when training batches became uint8 scaled inside the step (issue #13: the tiny run's params
-# moved in the last bits, so its bundle and this file did; the codec did not change), and when
-# hybridflow_jax started sending XLA:CPU's convolutions to Eigen instead of YNNPACK
-# (`hybridflow_jax.CPU_XLA_FLAG`), stride-2 convolutions got their input gradient by phases
-# (`layers.StridedConv`) and stages whose GAN never switches on stopped compiling it (the tiny run
-# trains through other float arithmetic each time; the shipped model's recorded files, in
-# test_pretrained_small.py, did not change), and when the bridge's normalisation joined the model
-# config (`model.bridge.norm`, default "layer": the bundle's fingerprint covers it).
-COFFEE_1_4_SHA256 = "f0615b287a9948ed17b8f6ad51194df243de5331c296380fd865fcf08c4e59db"
-
-
-def test_files_keep_their_bytes(codec):
-  """Refactoring the codec must not change a single byte of a file. (A change to training or
-  export changes the tiny bundle, and so this hash, without the codec being at fault.)"""
-  data = codec.compress(skimage_data.coffee(), schedule="1_4")
-  assert hashlib.sha256(data).hexdigest() == COFFEE_1_4_SHA256
+# That a refactoring changes no byte of a file is checked on a file recorded with the shipped
+# model, re-coded from its symbols (test_pretrained_small.py): a hash of a whole compress with the
+# tiny bundle trained here depended on the CPU the tests ran on (the tiny run's float training
+# rounds differently on another CPU, and so its bundle and every file it writes).
 
 
 # --------------------------------------------------------------------------------------------------
