@@ -471,7 +471,7 @@ def main():
                       help="comma-separated parts to skip: train,codec,grain,memory")
   parser.add_argument("--batch", type=int, default=None,
                       help="global batch of the train part (default: the config's train.batch_size);"
-                           " e.g. 8 to time configs/imagenet256.py's widths on a CPU")
+                           " e.g. 2 to time configs/imagenet256.py's widths on a CPU")
   parser.add_argument("--large-size", type=int, default=2048,
                       help="side of the square photo whose peak memory is measured")
   args = parser.parse_args()
