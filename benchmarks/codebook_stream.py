@@ -75,19 +75,21 @@ def main():
   parser.add_argument("--out", default=None, help="JSON file to write")
   args = parser.parse_args()
 
+  from hybridflow_jax.commands.eval import parse_data
   from hybridflow_jax.data import pipeline
+  from hybridflow_jax.errors import UserError
   from hybridflow_jax.evaluation.measures import Measures
 
-  def pairs(specs, flag):
-    out = {}
-    for spec in specs:
-      name, sep, value = spec.partition("=")
-      if not sep or not name or not value:
-        parser.error(f"{flag} takes NAME=VALUE, got {spec!r}")
-      out[name] = value
-    return out
-
-  runs, data = pairs(args.run, "--run"), pairs(args.data, "--data")
+  runs = {}
+  for spec in args.run:
+    name, sep, workdir = spec.partition("=")
+    if not sep or not name or not workdir:
+      parser.error(f"--run takes NAME=WORKDIR, got {spec!r}")
+    runs[name] = workdir
+  try:
+    data = parse_data(args.data)
+  except UserError as e:
+    parser.error(str(e))
   images = [(source, name, rgb) for source, spec in data.items()
             for name, rgb in pipeline.readable_images(spec)]
   measures = Measures()
