@@ -16,11 +16,17 @@
     bridging decoder; and the token transformer alone with global attention and 6 rounds, windows
     and 6 rounds, and the model's own settings.
 (c) The grain input pipeline (demo photos, 256 px crops): images/s with 0 and 2 worker processes.
-(d) With --peer-python: CompressAI's mbt2018-mean (quality 1, untrained) compress/decompress of the
+(d) Peak memory of compress and decompress of a --large-size square photo, each in a fresh process.
+(e) With --peer-python: CompressAI's mbt2018-mean (quality 1, untrained) compress/decompress of the
     same photo, in that interpreter, next to our continuous stream as a codec of the same size and
     work (N=128, M=192): g_a, h_a, the integer h_s and range coding; decoding is range decoding,
     the integer h_s and a full synthesis transform of 4 transposed 5x5 stride-2 layers (128 channels).
-Times are medians of repeated runs after a warm-up (no compilation timed).
+(f) The command line as a user waits on it: the wall time of `hybridflow compress` and
+    `hybridflow decompress` of the same photo, each a fresh process (start-up, imports, loading the
+    model, tracing, compiling or reading compiled programs, the work, writing the file): once with
+    an empty compile cache, then median of --reps runs with the cache that first run filled, and
+    median of --reps runs with the cache off (HYBRIDFLOW_COMPILE_CACHE=off: every run compiles).
+Times of (a)-(e) are medians of repeated runs after a warm-up (no compilation timed).
 """
 
 from __future__ import annotations
@@ -455,6 +461,37 @@ def peer_comparison(cfg, image: np.ndarray, peer_python: str, reps: int, rounds:
           "ratio_compress_plus_decompress": both(ours) / both(peer)}
 
 
+def cli_latency(model: str, image: np.ndarray, reps: int, log) -> dict:
+  """Wall seconds of `hybridflow compress` / `decompress` as fresh processes, with and without the
+  commands' compile cache (cli.COMPILE_CACHE_ENV)."""
+  from PIL import Image
+  with tempfile.TemporaryDirectory() as tmp:
+    tmp = pathlib.Path(tmp)
+    Image.fromarray(image).save(tmp / "photo.png")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    cmd = [sys.executable, "-m", "hybridflow_jax.cli"]
+
+    def wall(cache):
+      out = {}
+      for name, args in (("compress", ["compress", tmp / "photo.png", tmp / "photo.hfc"]),
+                         ("decompress", ["decompress", tmp / "photo.hfc", tmp / "photo.out.png"])):
+        t = time.perf_counter()
+        subprocess.run([*cmd, *map(str, args), "--model", model, "--force"], check=True,
+                       env={**env, "HYBRIDFLOW_COMPILE_CACHE": cache}, cwd=ROOT,
+                       stdout=subprocess.DEVNULL)
+        out[name] = time.perf_counter() - t
+      return out
+
+    cache = str(tmp / "cache")
+    result = {"empty_cache": wall(cache)}
+    for key, setting in (("warm_cache", cache), ("cache_off", "off")):
+      runs = [wall(setting) for _ in range(reps)]
+      result[key] = {k: statistics.median(r[k] for r in runs) for k in ("compress", "decompress")}
+    result["cache_entries"] = len(list((tmp / "cache").iterdir()))
+  log(f"command line (s): {result}")
+  return result
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default=str(ROOT / "configs" / "small.py"),
@@ -468,7 +505,7 @@ def main():
   parser.add_argument("--peer-python", "--peer_python", dest="peer_python", default=None,
                       help="an interpreter where compressai imports")
   parser.add_argument("--skip", default="",
-                      help="comma-separated parts to skip: train,codec,grain,memory")
+                      help="comma-separated parts to skip: train,codec,grain,memory,cli")
   parser.add_argument("--batch", type=int, default=None,
                       help="global batch of the train part (default: the config's train.batch_size);"
                            " e.g. 2 to time configs/imagenet256.py's widths on a CPU")
@@ -509,6 +546,8 @@ def main():
     result["grain"] = grain_throughput(10, log)
   if "memory" not in skip and args.model != "untrained":
     result["large_image_memory"] = large_image_memory(args.model, args.large_size, log)
+  if "cli" not in skip and args.model != "untrained":
+    result["cli"] = cli_latency(args.model, image, args.reps, log)
   if args.peer_python:
     result["peer"] = peer_comparison(cfg, image, args.peer_python, args.reps)
   result["total_seconds"] = time.perf_counter() - t0

@@ -19,6 +19,13 @@ from hybridflow_jax import pretrained, schedules
 from hybridflow_jax.errors import UserError, fail
 
 MAX_DEVICES = 4096
+# Commands that compile XLA programs. Their compiled programs stay on disk between runs (jax's
+# persistent compilation cache), so a second `hybridflow compress` or a resumed `train` does not
+# compile them again.
+CACHED_COMMANDS = ("train", "eval", "ablate", "export", "compress", "decompress")
+COMPILE_CACHE_ENV = "HYBRIDFLOW_COMPILE_CACHE"
+# Least recently used programs are dropped past this size.
+COMPILE_CACHE_MAX_BYTES = 2 * 2**30
 # Commands whose unknown `--config.FIELD=VALUE` words override fields of the loaded config.
 CONFIG_COMMANDS = ("train", "info")
 
@@ -195,6 +202,46 @@ def _set_host_devices(n: int) -> None:
   os.environ["JAX_PLATFORMS"] = "cpu"
 
 
+def compile_cache_dir(environ: dict[str, str]) -> str | None:
+  """Where commands keep compiled programs: $HYBRIDFLOW_COMPILE_CACHE ("off" or "0": nowhere), else
+  $XDG_CACHE_HOME/hybridflow/jax (XDG_CACHE_HOME defaults to ~/.cache). None also when
+  JAX_COMPILATION_CACHE_DIR, jax's own setting, is set: that one then applies as it is."""
+  if environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return None
+  path = environ.get(COMPILE_CACHE_ENV)
+  if path is not None:
+    return None if path.strip().lower() in ("", "off", "0") else path
+  home = environ.get("HOME") or os.path.expanduser("~")
+  base = environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
+  return os.path.join(base, "hybridflow", "jax")
+
+
+def joins_a_job(coordinator_address: str | None, environ=os.environ) -> bool:
+  """Whether `train` runs as one of several processes: given a coordinator, or in a cluster that
+  jax.distributed detects (SLURM with several tasks, a Cloud TPU pod; HYBRIDFLOW_DISTRIBUTED=auto
+  for any other that jax knows)."""
+  return bool(coordinator_address) or (
+      environ.get("HYBRIDFLOW_DISTRIBUTED") == "auto"
+      or int(environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in environ)
+
+
+def use_compile_cache(environ=os.environ) -> None:
+  """Points jax's persistent compilation cache at `compile_cache_dir` (through the environment jax
+  reads when it starts, which the processes a command starts inherit)."""
+  path = compile_cache_dir(environ)
+  if path is None:
+    return
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    if COMPILE_CACHE_ENV in environ:
+      raise UserError(f"{COMPILE_CACHE_ENV}={path}: cannot create it ({e.strerror}); "
+                      "set it to a writable folder, or to off") from None
+    return  # no writable home: compile every time, as jax does by default
+  environ["JAX_COMPILATION_CACHE_DIR"] = path
+  environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(COMPILE_CACHE_MAX_BYTES))
+
+
 def main(args: Sequence[str] | None = None) -> None:
   """Runs `hybridflow ARGS` (default: this process's command line) and exits with its status."""
   args = sys.argv[1:] if args is None else list(args)
@@ -212,6 +259,14 @@ def main(args: Sequence[str] | None = None) -> None:
   try:
     if ns.command == "plan":
       _set_host_devices(ns.devices)
+    # Not when a Python program runs jax already (its settings are its own), nor for a process of
+    # a multi-process job: jax writes the cache from process 0 only and, on CPU at least, the
+    # others' programs have other keys, so they compile while process 0 reads. On our 2-core
+    # machine that put a 2-process tiny run's processes 27 s apart, near gloo's 30 s rendezvous
+    # deadline (two tries of three failed there). Such jobs use JAX_COMPILATION_CACHE_DIR if set.
+    if (ns.command in CACHED_COMMANDS and "jax" not in sys.modules
+        and not (ns.command == "train" and joins_a_job(ns.coordinator_address))):
+      use_compile_cache()
     command = importlib.import_module(f"hybridflow_jax.commands.{ns.command.replace('-', '_')}")
     status = command.run(ns)
   except UserError as e:

@@ -1,6 +1,7 @@
 """Shared fixtures: the tiny config, its model and one set of params for the whole session
 (jit compilation dominates the cost of small tests, so everything compiled is shared)."""
 
+import os
 import pathlib
 
 import jax
@@ -10,6 +11,9 @@ from hybridflow_jax import config_io
 from hybridflow_jax.models import hybridflow as hf
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The commands keep compiled programs in ~/.cache unless told otherwise: no test writes there
+# (subprocesses that share the session's cache set JAX_COMPILATION_CACHE_DIR, which wins).
+os.environ["HYBRIDFLOW_COMPILE_CACHE"] = "off"
 
 
 @pytest.fixture(scope="session")

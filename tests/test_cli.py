@@ -153,6 +153,41 @@ def test_plan_sets_the_device_count_before_jax_starts():
   assert r.returncode == 0 and r.stdout.split() == ["64", "cpu"], r.stderr[-2000:]
 
 
+def test_compile_cache_goes_where_the_user_says_and_never_over_jaxs_own_setting(tmp_path):
+  from hybridflow_jax.cli import COMPILE_CACHE_ENV, compile_cache_dir, use_compile_cache
+  home = {"HOME": str(tmp_path)}
+  assert compile_cache_dir(home) == str(tmp_path / ".cache" / "hybridflow" / "jax")
+  assert compile_cache_dir({**home, "XDG_CACHE_HOME": "/x"}) == "/x/hybridflow/jax"
+  assert compile_cache_dir({**home, COMPILE_CACHE_ENV: "/mine"}) == "/mine"
+  for off in ("off", "OFF", "0", ""):
+    assert compile_cache_dir({**home, COMPILE_CACHE_ENV: off}) is None
+  # jax's own variable applies as the user set it: the commands leave it (and the size) alone.
+  env = {**home, COMPILE_CACHE_ENV: "/mine", "JAX_COMPILATION_CACHE_DIR": "/theirs"}
+  use_compile_cache(env)
+  assert env["JAX_COMPILATION_CACHE_DIR"] == "/theirs" and "JAX_COMPILATION_CACHE_MAX_SIZE" not in env
+  env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+  use_compile_cache(env)
+  assert pathlib.Path(env["JAX_COMPILATION_CACHE_DIR"]).is_dir()
+  assert int(env["JAX_COMPILATION_CACHE_MAX_SIZE"]) > 0      # bounded: old programs are evicted
+  # A folder that cannot be made: the default is skipped quietly, the user's choice is an error.
+  (tmp_path / "file").write_text("")
+  env = {"XDG_CACHE_HOME": str(tmp_path / "file")}
+  use_compile_cache(env)
+  assert "JAX_COMPILATION_CACHE_DIR" not in env
+  with pytest.raises(UserError, match=f"{COMPILE_CACHE_ENV}=.*cannot create it"):
+    use_compile_cache({COMPILE_CACHE_ENV: str(tmp_path / "file" / "cache")})
+
+
+def test_train_knows_when_it_is_one_process_of_a_job():
+  # Such processes get no default compile cache (cli.main) and join the job (commands/train.py).
+  from hybridflow_jax.cli import joins_a_job
+  assert not joins_a_job(None, {}) and not joins_a_job(None, {"SLURM_NTASKS": "1"})
+  assert joins_a_job("127.0.0.1:1234", {})
+  for env in ({"SLURM_NTASKS": "4"}, {"TPU_WORKER_HOSTNAMES": "a,b"},
+              {"HYBRIDFLOW_DISTRIBUTED": "auto"}):
+    assert joins_a_job(None, env), env
+
+
 # --------------------------------------------------------------------------------------------------
 # The wheel, installed into a fresh virtual environment, without the source tree.
 

@@ -5,6 +5,7 @@ compress to the recorded file sizes exactly and decode to the recorded PSNR (to 
 to the codec, the entropy coder or the networks that moves either shows here.
 """
 
+import os
 import pathlib
 
 import numpy as np
@@ -81,11 +82,23 @@ def test_small_dynamic_files_spend_their_tokens_where_they_count(small, photo):
   assert psnr["dynamic"] >= psnr["1_9"] + t * (psnr["1_4"] - psnr["1_9"]), (psnr, bpp)
 
 
-def test_compress_without_model_uses_the_shipped_small(tmp_path):
+def test_compress_without_model_uses_the_shipped_small_and_compiles_once(tmp_path):
+  # The commands keep their compiled programs (HYBRIDFLOW_COMPILE_CACHE; every program here, whatever
+  # its compile time): the second `compress` reads each program it needs from there.
   rgb = demo.load("heldout")["coffee"][:128, :192]
   Image.fromarray(rgb).save(tmp_path / "in.png")
-  r = hybridflow("compress", tmp_path / "in.png", tmp_path / "out.hfc")
-  assert r.returncode == 0, r.stderr
-  r = hybridflow("decompress", tmp_path / "out.hfc", tmp_path / "out.png")
-  assert r.returncode == 0, r.stderr
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env.update(HYBRIDFLOW_COMPILE_CACHE=str(tmp_path / "cache"), JAX_LOG_COMPILES="1",
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  r = hybridflow("compress", tmp_path / "in.png", tmp_path / "out.hfc", env=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert list((tmp_path / "cache").glob("*-cache"))
+  r = hybridflow("decompress", tmp_path / "out.hfc", tmp_path / "out.png", env=env)
+  assert r.returncode == 0, r.stderr[-3000:]
   assert np.asarray(Image.open(tmp_path / "out.png")).shape == rgb.shape
+  r = hybridflow("compress", tmp_path / "in.png", tmp_path / "again.hfc", env=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert (tmp_path / "again.hfc").read_bytes() == (tmp_path / "out.hfc").read_bytes()
+  programs = r.stderr.count("Compiling jit(")
+  assert programs > 0 and r.stderr.count("Persistent compilation cache hit") == programs, \
+      r.stderr[-3000:]

@@ -24,7 +24,6 @@ import warnings
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -70,7 +69,8 @@ class Codec:
     self.num_codes = int(mcfg.vq.num_codes)
     self.latent_channels = int(mcfg.continuous.latent_channels)
     self.model = hf.build_model(self.config)
-    self.params = jax.tree.map(jnp.asarray, bundle["params"])
+    # One transfer of the whole tree (jnp.asarray leaf by leaf took 0.8 s for `small`).
+    self.params = jax.device_put(bundle["params"])
     self.networks = Networks(self.model, self.params, mcfg.masking)
     self.entropy_parameters = entropy_parameters.on_host_cpu(bundle["entropy_model"])
     self.coding = CodingModel(

@@ -12,7 +12,7 @@ import os
 import jax
 from absl import flags, logging
 
-from hybridflow_jax import config_io
+from hybridflow_jax import cli, config_io
 from hybridflow_jax.errors import UserError, reported_as_user_errors
 from hybridflow_jax.train import trainer
 
@@ -44,6 +44,5 @@ def _init_distributed(ns) -> None:
     if jax.config.jax_platforms in (None, "", "cpu") and "cpu" in os.environ.get("JAX_PLATFORMS", "cpu"):
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(ns.coordinator_address, ns.num_processes, ns.process_id)
-  elif (os.environ.get("HYBRIDFLOW_DISTRIBUTED") == "auto"
-        or int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ):
+  elif cli.joins_a_job(None):
     jax.distributed.initialize()  # the cluster (Cloud TPU, SLURM) is detected by JAX
