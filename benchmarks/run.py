@@ -487,7 +487,9 @@ def cli_latency(model: str, image: np.ndarray, reps: int, log) -> dict:
     for key, setting in (("warm_cache", cache), ("cache_off", "off")):
       runs = [wall(setting) for _ in range(reps)]
       result[key] = {k: statistics.median(r[k] for r in runs) for k in ("compress", "decompress")}
-    result["cache_entries"] = len(list((tmp / "cache").iterdir()))
+    programs = list((tmp / "cache").glob("*-cache"))  # beside them: -atime files, a lock
+    result["cache_programs"] = len(programs)
+    result["cache_bytes"] = sum(p.stat().st_size for p in programs)
   log(f"command line (s): {result}")
   return result
 
