@@ -463,7 +463,8 @@ def peer_comparison(cfg, image: np.ndarray, peer_python: str, reps: int, rounds:
 
 def cli_latency(model: str, image: np.ndarray, reps: int, log) -> dict:
   """Wall seconds of `hybridflow compress` / `decompress` as fresh processes, with and without the
-  commands' compile cache (cli.COMPILE_CACHE_ENV)."""
+  commands' cache (cli.COMPILE_CACHE_ENV: XLA's compiled programs, and the exported programs of
+  codec/programs.py beside them)."""
   from PIL import Image
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
@@ -490,6 +491,9 @@ def cli_latency(model: str, image: np.ndarray, reps: int, log) -> dict:
     programs = list((tmp / "cache").glob("*-cache"))  # beside them: -atime files, a lock
     result["cache_programs"] = len(programs)
     result["cache_bytes"] = sum(p.stat().st_size for p in programs)
+    exported = list((tmp / "cache" / "exported").glob("*.jaxexport"))  # codec/programs.py
+    result["exported_programs"] = len(exported)
+    result["exported_bytes"] = sum(p.stat().st_size for p in exported)
   log(f"command line (s): {result}")
   return result
 

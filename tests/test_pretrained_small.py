@@ -96,9 +96,14 @@ def test_compress_without_model_uses_the_shipped_small_and_compiles_once(tmp_pat
   r = hybridflow("decompress", tmp_path / "out.hfc", tmp_path / "out.png", env=env)
   assert r.returncode == 0, r.stderr[-3000:]
   assert np.asarray(Image.open(tmp_path / "out.png")).shape == rgb.shape
+  # Beside them, the networks' exported programs (codec/programs.py): the sender's and the
+  # receiver's, which the second `compress` reads back instead of tracing the model again.
+  exported = sorted((tmp_path / "cache" / "exported").glob("*.jaxexport"))
+  assert len(exported) == 2
   r = hybridflow("compress", tmp_path / "in.png", tmp_path / "again.hfc", env=env)
   assert r.returncode == 0, r.stderr[-3000:]
   assert (tmp_path / "again.hfc").read_bytes() == (tmp_path / "out.hfc").read_bytes()
+  assert sorted((tmp_path / "cache" / "exported").glob("*.jaxexport")) == exported
   programs = r.stderr.count("Compiling jit(")
   assert programs > 0 and r.stderr.count("Persistent compilation cache hit") == programs, \
       r.stderr[-3000:]

@@ -37,6 +37,7 @@ from hybridflow_jax.codec.image_input import ConversionNotice
 from hybridflow_jax.codec.latents import Latents, analyze
 from hybridflow_jax.codec.networks import Networks
 from hybridflow_jax.codec.payload import CodingModel, Frame
+from hybridflow_jax.codec.programs import Programs
 from hybridflow_jax.codec.rate_control import RateError
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.models import masking
@@ -56,7 +57,7 @@ class Codec:
   """A loaded model bundle that writes and reads HybridFlow files (see the module docstring)."""
 
   def __init__(self, bundle: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS,
-               allocation: str = "rd"):
+               allocation: str = "rd", program_cache: str | os.PathLike | None = None):
     if allocation not in DYNAMIC_ALLOCATIONS:
       raise ValueError(f"dynamic allocation must be one of {DYNAMIC_ALLOCATIONS}, got {allocation!r}")
     self.allocation = allocation
@@ -71,7 +72,8 @@ class Codec:
     self.model = hf.build_model(self.config)
     # One transfer of the whole tree (jnp.asarray leaf by leaf took 0.8 s for `small`).
     self.params = jax.device_put(bundle["params"])
-    self.networks = Networks(self.model, self.params, mcfg.masking)
+    self.networks = Networks(self.model, self.params, mcfg.masking,
+                             Programs(self.manifest["fingerprint"], program_cache))
     self.entropy_parameters = entropy_parameters.on_host_cpu(bundle["entropy_model"])
     self.coding = CodingModel(
         tables=self.tables, hyper_channels=int(mcfg.continuous.hyper_channels), stride=hf.STRIDE,
@@ -80,12 +82,14 @@ class Codec:
 
   @classmethod
   def load(cls, model: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
-           allocation: str = "rd") -> Codec:
+           allocation: str = "rd", program_cache: str | os.PathLike | None = None) -> Codec:
     """Loads (and verifies) a bundle `hybridflow export` wrote: a directory, or the name of a model
     shipped with the package (`pretrained`, e.g. "small"). allocation: how dynamic files choose
-    each region's schedule (`DYNAMIC_ALLOCATIONS`)."""
+    each region's schedule (`DYNAMIC_ALLOCATIONS`). program_cache: a folder to keep the networks'
+    traced programs in between processes (`programs`; the command line uses
+    `programs.default_dir()`); None keeps them in this process only."""
     return cls(bundle_lib.read(pretrained.resolve(model)), max_pixels=max_pixels,
-               allocation=allocation)
+               allocation=allocation, program_cache=program_cache)
 
   def __repr__(self) -> str:
     return (f"Codec(fingerprint={self.fingerprint.hex()}, K={self.num_codes}, "

@@ -13,6 +13,7 @@ import warnings
 from PIL import Image
 
 from hybridflow_jax import imageio
+from hybridflow_jax.codec import programs
 from hybridflow_jax.codec.api import DEFAULT_MAX_PIXELS, Codec, CodecError, ConversionNotice
 from hybridflow_jax.codec.bundle import BundleError
 from hybridflow_jax.commands import files
@@ -33,7 +34,8 @@ def run(ns) -> None:
   for note in notes:
     print(f"hybridflow compress: note: {note}", file=sys.stderr)
   with reported_as_user_errors(BundleError):
-    codec = Codec.load(model, max_pixels=limit, allocation=ns.allocation)
+    codec = Codec.load(model, max_pixels=limit, allocation=ns.allocation,
+                       program_cache=programs.default_dir())
   with reported_as_user_errors(CodecError, ValueError), warnings.catch_warnings():
     warnings.simplefilter("ignore", ConversionNotice)  # the notes above covered conversions
     result = codec.compress_detailed(image, schedule=ns.schedule, target_bpp=ns.target_bpp)

@@ -39,9 +39,11 @@ def run(ns) -> None:
     container.unpack(data, expected_fingerprint=_bundle_fingerprint(model))
   # The one deferred import of the command line: the file is sound and made by this model, so
   # now (and only now) load jax and the codec.
+  from hybridflow_jax.codec import programs
   from hybridflow_jax.codec.api import DEFAULT_MAX_PIXELS, Codec
   with reported_as_user_errors(BundleError):
-    codec = Codec.load(model, max_pixels=ns.max_pixels or DEFAULT_MAX_PIXELS)
+    codec = Codec.load(model, max_pixels=ns.max_pixels or DEFAULT_MAX_PIXELS,
+                       program_cache=programs.default_dir())
   with reported_as_user_errors(CodecError, container.FormatError, prefix=f"{ns.input}: "):
     image = codec.decompress(data)
   files.write_atomically(out, lambda p: Image.fromarray(image).save(p, format=fmt))
