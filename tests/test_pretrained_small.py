@@ -8,6 +8,7 @@ to the codec, the entropy coder or the networks that moves either shows here.
 import os
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 from helpers import hybridflow
@@ -35,8 +36,13 @@ RECORDED = {
 GOLDEN_FILE = pathlib.Path(__file__).parent / "golden" / "coffee_small_1_4.hfc"
 
 
+# The regression check of what users get: compiled as their programs are (conftest.py).
+pytestmark = pytest.mark.usefixtures("as_users_compile")
+
+
 @pytest.fixture(scope="module")
-def small():
+def small(as_users_compile):
+  assert not jax.config.read("jax_disable_most_optimizations")
   assert pretrained.DEFAULT == "small" and "small" in pretrained.available()
   return Codec.load("small")
 
@@ -89,7 +95,7 @@ def test_compress_without_model_uses_the_shipped_small_and_compiles_once(tmp_pat
   Image.fromarray(rgb).save(tmp_path / "in.png")
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   env.update(HYBRIDFLOW_COMPILE_CACHE=str(tmp_path / "cache"), JAX_LOG_COMPILES="1",
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_DISABLE_MOST_OPTIMIZATIONS="0")
   r = hybridflow("compress", tmp_path / "in.png", tmp_path / "out.hfc", env=env)
   assert r.returncode == 0, r.stderr[-3000:]
   assert list((tmp_path / "cache").glob("*-cache"))
