@@ -4,9 +4,9 @@
 Tests compile with jax's `jax_disable_most_optimizations` (XLA:CPU's LLVM passes at -O0): on 2
 cores XLA compiles the tiny training pipeline in 78 s instead of 166 s, and `make test` takes about
 a third less time. The shipped model's files of the held-out photos came out byte-identical, their
-decoded pixels differ in float rounding. Tests
-that check what users get (the shipped model's recorded figures) compile as users do
-(`as_users_compile`); `JAX_DISABLE_MOST_OPTIMIZATIONS=0 make test` runs every test that way.
+decoded pixels differ in float rounding. Tests that check what users get (the shipped model's
+recorded figures) compile as users do (`as_users_compile`); `JAX_DISABLE_MOST_OPTIMIZATIONS=0 make
+test` runs every test that way.
 """
 
 import contextlib

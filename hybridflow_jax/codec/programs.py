@@ -1,11 +1,11 @@
 """The codec's networks as exported programs (`jax.export`), optionally kept on disk.
 
-A fresh process that decodes one photo with `small` spends about 2 s tracing the flax model into a
-program (flax checks every parameter against its initialiser on each trace), eight times longer
-than running it. `Programs` traces each network once per argument shapes, exports the program and,
-given a folder, serialises it there, so later processes read it back (milliseconds), lower a call
-to it (about 0.2 s) and compile that (a hit in jax's persistent compilation cache, which the
-command line sets up beside it: `cli.use_compile_cache`).
+A fresh process that decodes one photo with `small` spends about 1 s tracing the flax model into a
+program (flax checks every parameter against its initialiser on each trace; measured on a slow
+2-core machine, where running it takes 0.65-0.85 s). `Programs` traces each network once per
+argument shapes, exports the program and, given a folder, serialises it there, so later processes
+read it back (milliseconds), lower a call to it (about 0.2 s) and compile that (a hit in jax's
+persistent compilation cache, which the command line sets up beside it: `cli.use_compile_cache`).
 
 Every call runs through the exported program, whether just traced or read back: the program is the
 same StableHLO either way, so results do not depend on what the folder held (checked bitwise in
@@ -77,7 +77,6 @@ class Programs:
     self.salt = salt
     self.directory = None if directory is None else pathlib.Path(directory)
     self.max_bytes = int(max_bytes)
-    self._loaded: dict[str, Callable[..., Any]] = {}
     self._quick: dict[tuple, tuple[Callable[..., Any], tuple]] = {}
     self.traced = 0  # programs traced by this process (the rest came from the folder)
 
@@ -95,9 +94,9 @@ class Programs:
   def call(self, name: str, fn: Callable[..., Any], *args):
     """fn(*args) through its exported program (fn: a jittable function of arrays only; bind
     anything static into it and into `name`)."""
-    # Repeated calls skip hashing the params' tree (1.5 ms for `small`): arrays by shape and
-    # dtype, Python scalars by value, other arguments (the params) by identity, which the entry
-    # keeps alive.
+    # In this process a program is found without hashing the params' tree (1.5 ms for `small`):
+    # arrays by shape and dtype, Python scalars by value, other arguments (the params) by
+    # identity, which the entry keeps alive. The folder's key (`key`) is computed on a miss.
     quick, held = [name], []
     for a in args:
       if hasattr(a, "shape") and hasattr(a, "dtype"):
@@ -109,26 +108,21 @@ class Programs:
         held.append(a)
     quick = tuple(quick)
     hit = self._quick.get(quick)
-    if hit is not None:
-      return hit[0](*args)
-    key = self.key(name, args)
-    program = self._loaded.get(key)
-    if program is None:
-      exported = self._read(key)
+    if hit is None:
+      key = None if self.directory is None else self.key(name, args)
+      exported = None if key is None else self._read(key)
       if exported is None:
         exported = jax.export.export(jax.jit(fn))(*args)
         self.traced += 1
-        self._write(key, exported)
-      program = self._loaded[key] = jax.jit(exported.call)
-    self._quick[quick] = (program, tuple(held))
-    return program(*args)
+        if key is not None:
+          self._write(key, exported)
+      hit = self._quick[quick] = (jax.jit(exported.call), tuple(held))
+    return hit[0](*args)
 
   def _path(self, key: str) -> pathlib.Path:
     return self.directory / f"{key}{SUFFIX}"
 
   def _read(self, key: str):
-    if self.directory is None:
-      return None
     path = self._path(key)
     try:
       data = path.read_bytes()
@@ -145,8 +139,6 @@ class Programs:
     return exported
 
   def _write(self, key: str, exported) -> None:
-    if self.directory is None:
-      return
     try:
       self.directory.mkdir(parents=True, exist_ok=True)
       fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
