@@ -182,4 +182,6 @@ def test_fuzzed_inputs_raise_only_format_error(data):
   else:
     # Accepted input is canonical: packing what was read gives back the same bytes.
     assert pack(bs) == mutated
-  assert time.perf_counter() - start < 0.1
+  # No hang and no giant allocation. 1 s, not less: on a loaded 2-core CI machine one parse of a
+  # few hundred bytes once took 0.1003 s (a scheduling pause), failing a 0.1 s bound.
+  assert time.perf_counter() - start < 1.0
