@@ -7,6 +7,9 @@ a third less time. The shipped model's files of the held-out photos came out byt
 decoded pixels differ in float rounding. Tests that check what users get (the shipped model's
 recorded figures) compile as users do (`as_users_compile`); `JAX_DISABLE_MOST_OPTIMIZATIONS=0 make
 test` runs every test that way.
+
+Every process of a run (both pytest-xdist workers and every subprocess) shares one persistent
+compilation cache (`compile_cache`), so a program two of them need compiles once.
 """
 
 import contextlib
@@ -26,6 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The commands keep compiled programs in ~/.cache unless told otherwise: no test writes there
 # (subprocesses that share the session's cache set JAX_COMPILATION_CACHE_DIR, which wins).
 os.environ["HYBRIDFLOW_COMPILE_CACHE"] = "off"
+CACHE_MAX_BYTES = 16 << 30
 
 
 @contextlib.contextmanager
@@ -46,10 +50,29 @@ def as_users_compile():
     yield
 
 
+def _run_dir(tmp_path_factory):
+  """The test run's temporary folder: under pytest-xdist, the one that holds every worker's."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def compile_cache(tmp_path_factory):
-  """One persistent compilation cache for every subprocess of the session."""
-  return str(tmp_path_factory.mktemp("jax_cache"))
+  """One persistent compilation cache for the whole run: every worker process of pytest-xdist and
+  every subprocess, so a program that two of them need compiles once. Bounded in size, which makes
+  jax lock the folder around each read and write (workers use it at the same time)."""
+  cache = _run_dir(tmp_path_factory) / "jax_cache"
+  cache.mkdir(exist_ok=True)
+  return str(cache)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_compilation(compile_cache):
+  """Programs the tests compile in their own process go to the same cache (those that took over
+  jax's default second to compile)."""
+  jax.config.update("jax_compilation_cache_dir", compile_cache)
+  jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+  yield
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import flax
 import jax
 import numpy as np
 import pytest
@@ -166,16 +167,17 @@ FSDP_MIN_SIZE = 1024
 
 
 # Runs in a 4-device process: the trainer's step (steps.stage_step) on one device and on a 2x2
-# data x fsdp mesh, from the same params and batch; prints the largest differences.
+# data x fsdp mesh, from the same params (the session's tiny_params, read from an .npz: this
+# process then compiles no initialisation) and batch; prints the largest differences.
 SHARDED_SCRIPT = r"""
 import json, sys
-import jax, numpy as np
+import flax, jax, numpy as np
 from hybridflow_jax import config_io
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.train import sharding as shard_lib, steps as steps_lib
-cfg = config_io.load_config(sys.argv[1], sys.argv[2:])
+cfg = config_io.load_config(sys.argv[2], sys.argv[3:])
 model = hf.build_model(cfg)
-params = hf.init_params(model, jax.random.PRNGKey(0))
+params = flax.traverse_util.unflatten_dict(dict(np.load(sys.argv[1])), sep="/")
 abstract = hf.param_shapes(model)
 x = jax.random.uniform(jax.random.PRNGKey(1), (cfg.train.batch_size, 64, 64, 3))
 out, split = {}, 0
@@ -197,14 +199,17 @@ print(json.dumps({"relative_param_diff": diff, "loss_one": la, "loss_four": lb,
 """
 
 
-def test_sharded_step_equals_unsharded(compile_cache):
+def test_sharded_step_equals_unsharded(compile_cache, tiny_params, tmp_path):
   # One vq-stage step with the GAN on (generator, adaptive weight and discriminator all active), on one
   # device and on a 2x2 data x fsdp mesh. Every tiny param is below the default sharding_min_size:
   # lowered, the fsdp axis splits params and optimiser states too, not only the batch.
   over = ("--config.train.batch_size=8", "--config.losses.gan_start=0",
           "--config.train.dead_code_every=0", "--config.losses.lpips_weight=0",
           f"--config.sharding_min_size={FSDP_MIN_SIZE}")
-  r = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, TINY, *over], env=_env(compile_cache, 4),
+  params = tmp_path / "params.npz"
+  np.savez(params, **flax.traverse_util.flatten_dict(jax.device_get(tiny_params), sep="/"))
+  r = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, params, TINY, *over],
+                     env=_env(compile_cache, 4),
                      capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert r.returncode == 0, r.stderr[-3000:]
   res = json.loads(r.stdout.strip().splitlines()[-1])
