@@ -108,7 +108,7 @@ def stage_mfu(cfg, stage, peak: float, *, probe: int, max_batch: int, steps: int
     built = steps_lib.stage_step(model, c, stage, mesh, abstract)
     x = jax.ShapeDtypeStruct((batch, built.crop, built.crop, 3), np.float32,
                              sharding=built.images_sharding)
-    return built, built.step.lower(built.abstract_state, x).compile()
+    return built, built.step.compile(built.abstract_state, x)
 
   t0 = time.perf_counter()
   fixed_batch = batch is not None

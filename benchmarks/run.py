@@ -120,7 +120,7 @@ def train_throughput(cfg, peak: float, steps: int, log) -> dict:
                                           jnp.int32).astype(jnp.uint8), built.images_sharding)
     step = built.step
     log(f"train step {stage}: compiling")
-    compiled = step.lower(state, x).compile()
+    compiled = step.compile(state, x)
     flops = step_flops(compiled)
     state, _ = compiled(state, x)
     jax.block_until_ready(state)

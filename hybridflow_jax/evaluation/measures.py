@@ -20,7 +20,10 @@ class Measures:
     self._psnr = image_metrics.psnr_uint8
     self._ms_ssim = jax.jit(image_metrics.ms_ssim)
     self._min_side = image_metrics.min_side()
-    self._lpips = {net: jax.jit(perceptual.lpips_fn(net)) for net in ("alexnet", "vgg16")}
+    # The weights are arguments of the programs, placed on the device once.
+    self._lpips = {net: (jax.jit(perceptual.lpips_distance(net)),
+                         jax.device_put(perceptual.lpips_weights(net)))
+                   for net in ("alexnet", "vgg16")}
 
   def __call__(self, ref: np.ndarray, rec: np.ndarray) -> dict[str, float]:
     x = ref[None].astype(np.float32) / np.float32(255)
@@ -30,6 +33,10 @@ class Measures:
         "psnr-rgb": self._psnr(ref, rec),
         # MS-SSIM is undefined for sides of 160 px or less (five scales of an 11-px window).
         "ms-ssim-rgb": math.nan if small else float(self._ms_ssim(x, y)[0]),
-        "lpips-alex": float(self._lpips["alexnet"](x, y)[0]),
-        "lpips-vgg": float(self._lpips["vgg16"](x, y)[0]),
+        "lpips-alex": self._distance("alexnet", x, y),
+        "lpips-vgg": self._distance("vgg16", x, y),
     }
+
+  def _distance(self, net: str, x: np.ndarray, y: np.ndarray) -> float:
+    fn, weights = self._lpips[net]
+    return float(fn(weights, x, y)[0])

@@ -52,6 +52,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+  """Host arrays, the same in every process -> global arrays replicated over `mesh`."""
+  sharding = replicated(mesh)
+  return jax.tree.map(
+      lambda a: jax.make_array_from_callback(a.shape, sharding, lambda index: a[index]), tree)
+
+
 def _path_name(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 

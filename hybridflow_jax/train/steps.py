@@ -23,7 +23,7 @@ from hybridflow_jax import losses, stages
 from hybridflow_jax.config import crop_size
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.models.discriminator import PatchDiscriminator
-from hybridflow_jax.perceptual import lpips_fn
+from hybridflow_jax.perceptual import lpips_distance, lpips_weights
 from hybridflow_jax.train import sharding as shard_lib
 
 
@@ -95,7 +95,8 @@ def gan_switches_on(cfg: ml_collections.ConfigDict, stage: str, total_steps: int
 
 def make_train_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage: str, tx, disc_tx,
                     total_steps: int):
-  """(state, images [B, H, W, 3] in [0, 1]) -> (state, metrics). Pure; jit it with shardings.
+  """(state, images [B, H, W, 3] in [0, 1], LPIPS weights) -> (state, metrics). Pure; jit it with
+  shardings. The weights are `step_constants(cfg, stage)` (an argument, not constants compiled in).
 
   A stage whose GAN never switches on within `total_steps` (`gan_switches_on`) compiles without it:
   no discriminator passes and no second backward pass, which would only be multiplied by zero (in
@@ -105,12 +106,12 @@ def make_train_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage:
   lo, record = cfg.losses, stages.STAGES[stage]
   judged = record.judged
   uses_gan = gan_switches_on(cfg, stage, total_steps)
-  uses_lpips = judged is not None and lo.lpips_weight > 0
-  lpips = lpips_fn(lo.lpips_net) if uses_lpips else None
+  uses_lpips = _uses_lpips(cfg, stage)
+  lpips = lpips_distance(lo.lpips_net) if uses_lpips else None
   disc = discriminator(cfg)
   seed_key = jax.random.PRNGKey(cfg.seed)
 
-  def step(state: TrainState, x: jax.Array):
+  def step(state: TrainState, x: jax.Array, lpips_weights):
     rng = jax.random.fold_in(seed_key, state.step)
     k_fwd, k_restart = jax.random.split(rng)
 
@@ -118,7 +119,7 @@ def make_train_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage:
       out = record.forward(model, params, x, k_fwd)
       loss, m = record.loss(out, x, lo)
       if uses_lpips:
-        m["lpips"] = jnp.mean(lpips(out[judged.output], x))
+        m["lpips"] = jnp.mean(lpips(lpips_weights, out[judged.output], x))
         loss = loss + lo.lpips_weight * m["lpips"]
       # "loss" is everything but the GAN term, whose weight moves (reported as gan_g, gan_weight).
       m["loss"] = loss
@@ -171,6 +172,58 @@ def make_train_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage:
   return step
 
 
+def _uses_lpips(cfg: ml_collections.ConfigDict, stage: str) -> bool:
+  return stages.STAGES[stage].judged is not None and cfg.losses.lpips_weight > 0
+
+
+def step_constants(cfg: ml_collections.ConfigDict, stage: str) -> dict:
+  """The host arrays a stage's step takes besides state and images: its LPIPS net's weights, or
+  nothing."""
+  return lpips_weights(cfg.losses.lpips_net) if _uses_lpips(cfg, stage) else {}
+
+
+class BoundStep:
+  """The jitted step called as (state, images): its constants (`step_constants`) are its last
+  argument, replicated over the mesh on first use. `lower` takes them as shapes (AOT plans place
+  nothing); `compile` gives the executable, called as (state, images) too."""
+
+  def __init__(self, jitted, constants: dict, mesh):
+    self._jitted, self._host, self._mesh, self._placed = jitted, constants, mesh, None
+
+  def constants(self):
+    if self._placed is None:
+      self._placed = shard_lib.put_replicated(self._host, self._mesh)
+    return self._placed
+
+  def __call__(self, state, images):
+    return self._jitted(state, images, self.constants())
+
+  def lower(self, state, images):
+    sharding = shard_lib.replicated(self._mesh)
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                          self._host)
+    return self._jitted.lower(state, images, shapes)
+
+  def compile(self, state, images) -> BoundCompiled:
+    return BoundCompiled(self.lower(state, images).compile(), self.constants())
+
+
+class BoundCompiled:
+  """A compiled step called as (state, images); XLA's analyses (cost, memory) as jax's own."""
+
+  def __init__(self, compiled, constants):
+    self.compiled, self._constants = compiled, constants
+
+  def __call__(self, state, images):
+    return self.compiled(state, images, self._constants)
+
+  def cost_analysis(self):
+    return self.compiled.cost_analysis()
+
+  def memory_analysis(self):
+    return self.compiled.memory_analysis()
+
+
 def unit_images(images: jax.Array) -> jax.Array:
   """Images as float32 in [0, 1]: uint8 pixels are divided by 255; float images pass through."""
   if images.dtype == jnp.uint8:
@@ -184,7 +237,7 @@ class StageStep:
   `make_state(params)` (jit it with `out_shardings=state_shardings`), feed images sharded with
   `images_sharding`. `abstract_state` carries the shardings (for restoring and AOT compiling)."""
 
-  step: Any                     # jitted (state, images) -> (state, metrics); donates the state.
+  step: BoundStep               # (state, images) -> (state, metrics); donates the state.
                                 # images: uint8 (as the pipeline gives them) or float in [0, 1]
   make_state: Callable[[Any], TrainState]
   abstract_state: Any
@@ -210,9 +263,9 @@ def stage_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage: str,
                                 abstract_state, state_shardings)
   images_sharding = shard_lib.batch_sharding(mesh)
   train_step = make_train_step(model, cfg, stage, tx, disc_tx, total_steps)
-  step = jax.jit(lambda state, images: train_step(state, unit_images(images)),
-                 in_shardings=(state_shardings, images_sharding),
-                 out_shardings=(state_shardings, shard_lib.replicated(mesh)),
-                 donate_argnums=(0,))
-  return StageStep(step, make_state, abstract_state, state_shardings, images_sharding,
-                   crop_size(cfg, stage))
+  jitted = jax.jit(lambda state, images, consts: train_step(state, unit_images(images), consts),
+                   in_shardings=(state_shardings, images_sharding, shard_lib.replicated(mesh)),
+                   out_shardings=(state_shardings, shard_lib.replicated(mesh)),
+                   donate_argnums=(0,))
+  return StageStep(BoundStep(jitted, step_constants(cfg, stage), mesh), make_state,
+                   abstract_state, state_shardings, images_sharding, crop_size(cfg, stage))

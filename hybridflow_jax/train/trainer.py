@@ -29,7 +29,7 @@ from absl import logging
 from clu import parameter_overview
 from jax.experimental import multihost_utils
 
-from hybridflow_jax import info, schedules, stages
+from hybridflow_jax import info, perceptual, schedules, stages
 from hybridflow_jax.data import pipeline
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.train import checkpoint as ckpt_lib
@@ -262,11 +262,12 @@ class Evaluator:
     flat = np.broadcast_to(images.mean(axis=(1, 2), keepdims=True), images.shape)
     self.flat_psnr = float(np.mean(stages.psnr(jnp.asarray(flat), jnp.asarray(images))))
     self.fn = jax.jit(evaluation.build(model, cfg))
+    self.lpips = shard_lib.put_replicated(perceptual.lpips_weights("alexnet"), mesh)
 
   def run(self, params, writer: MetricWriter, step: int) -> dict:
     table = {}
     for name, (keep, side_bits) in self.points.items():
-      metrics, recon = self.fn(params, self.images, keep, side_bits)
+      metrics, recon = self.fn(params, self.lpips, self.images, keep, side_bits)
       metrics = jax.device_get(metrics)
       table[name] = {k: float(np.mean(v)) for k, v in metrics.items()}
       writer.write_scalars(step, {f"eval/{name}/{k}": v for k, v in table[name].items()})
