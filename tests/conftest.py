@@ -21,6 +21,7 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from helpers import CACHE_MAX_BYTES  # noqa: E402
 
 from hybridflow_jax import config_io  # noqa: E402
 from hybridflow_jax.models import hybridflow as hf  # noqa: E402
@@ -29,7 +30,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The commands keep compiled programs in ~/.cache unless told otherwise: no test writes there
 # (subprocesses that share the session's cache set JAX_COMPILATION_CACHE_DIR, which wins).
 os.environ["HYBRIDFLOW_COMPILE_CACHE"] = "off"
-CACHE_MAX_BYTES = 16 << 30
 
 
 @contextlib.contextmanager

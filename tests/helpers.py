@@ -28,6 +28,8 @@ PRIOR_IMAGES = 8
 # 14.9 -> 12.1 s, continuous 6.7 -> 3.9 s) and runs as fast. The tests' own process keeps XLA's
 # defaults (its flags cannot change after start), so its users' compilations are the users'.
 CHEAP_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+# The run's compilation cache is bounded, so jax locks it: pytest-xdist workers share it.
+CACHE_MAX_BYTES = 16 << 30
 
 
 def run_env(cache, devices=1, **extra):
@@ -37,7 +39,7 @@ def run_env(cache, devices=1, **extra):
   if env.get("JAX_DISABLE_MOST_OPTIMIZATIONS") == "1":
     flags += " " + CHEAP_XLA_FLAGS
   env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_COMPILATION_CACHE_MAX_SIZE=str(16 << 30),  # locked: pytest-xdist workers share it
+             JAX_COMPILATION_CACHE_MAX_SIZE=str(CACHE_MAX_BYTES),
              JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
   env.update(extra)
   return env
