@@ -151,6 +151,11 @@ def base_config() -> ml_collections.ConfigDict:
   t.codebook_init = "kmeans"            # "kmeans": k-means++ on the first batch's encoder outputs
                                         # (ours; data-dependent init as in SoundStream); "random"
   t.kmeans_iterations = 10              # Lloyd steps of that init
+  t.init_from = ""                      # fine-tuning: a model bundle (shipped name or `hybridflow
+                                        # export` dir, same model config) whose arrays start every
+                                        # stage that has no checkpoint or finished earlier stage;
+                                        # the k-means codebook and the bridge's copy of the pixel
+                                        # decoder are then skipped ("": initialise from seed)
   t.code_usage_decay = 0.99             # EMA of codeword usage (vq stage), read bias-corrected
   t.dead_code_every = 1_000             # how often codes used < 1/(10 K) are restarted (0: never)
   t.steps = ml_collections.ConfigDict(dict(

@@ -253,7 +253,8 @@ def _codebook_maintenance(params, usage, out, rng, cfg, step):
   latents = out["latent"].reshape(-1, out["latent"].shape[-1])
   params = flax.core.unfreeze(params)
   codebook = params["quantizer"]["codebook"]
-  if cfg.train.codebook_init == "kmeans":
+  # (Not when fine-tuning: the codebook of `train.init_from` is already on its data.)
+  if cfg.train.codebook_init == "kmeans" and not cfg.train.get("init_from", ""):
     codebook = jax.lax.cond(
         step == 0, lambda: kmeans_codebook(jax.lax.stop_gradient(latents), codebook.shape[0],
                                            k_init, cfg.train.kmeans_iterations).astype(codebook.dtype),

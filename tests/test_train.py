@@ -313,3 +313,48 @@ def test_a_run_refuses_another_model_config(tmp_path, tiny_config):
   cfg.model.bridge.norm = "group"
   from hybridflow_jax.train.rundir import RunDir
   RunDir(tmp_path).check_model(cfg)
+
+
+def test_fine_tuning_trains_one_stage_from_a_model_bundle(compile_cache, untrained_bundle,
+                                                          tmp_path):
+  """--config.train.init_from: the bridge stage alone, in an empty workdir, starts from a bundle
+  (the untrained tiny model exported from seed 0; this run is seeded 1). The networks it does not
+  train end as the bundle has them, and the bridge starts from the bundle's bridge, not from a copy
+  of the pixel decoder (the from-scratch start)."""
+  from hybridflow_jax.codec import bundle as bundle_lib
+  # The tiny pipeline's bridge step (same steps and GAN switch): one compilation per session.
+  r = train(compile_cache, tmp_path, "stage=bridge", "train.eval_at_end=False",
+            "train.steps.bridge=16", "losses.gan_start=100", "seed=1",
+            f"train.init_from={untrained_bundle}")
+  assert "parameter arrays from" in r.stdout and "initialised from seed 1" in r.stdout, r.stdout
+  assert (tmp_path / "bridge" / "DONE").read_text().strip() == "16"
+  got = bundle_lib.flatten(final_params(tmp_path, "bridge"))
+  want = bundle_lib.flatten(bundle_lib.read(untrained_bundle)["params"])
+  for key in want:
+    if not key.startswith("bridge/"):
+      np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+  # Bundles hold what decoding needs: not the pixel decoder, initialised here from seed 1.
+  assert "pixel_decoder/conv_in/kernel" not in want
+  key = "bridge/conv_in/kernel"
+  moved = np.abs(got[key] - want[key]).mean()
+  assert 0 < moved < 0.1 * np.abs(got[key] - got["pixel_decoder/conv_in/kernel"]).mean(), moved
+  # The run exports: its last stage holds every network (the others as the bundle had them).
+  from hybridflow_jax.train import export
+  _, params, provenance = export.load_run(tmp_path)
+  assert provenance["source"]["init_from"] == str(untrained_bundle)
+  np.testing.assert_array_equal(bundle_lib.flatten(params)[key], got[key])
+
+
+def test_fine_tuning_refuses_a_bundle_of_another_model(untrained_bundle, tmp_path):
+  from hybridflow_jax.errors import UserError
+  from hybridflow_jax.train import trainer
+  other = config_io.load_config(TINY, ["--config.model.vq.num_codes=32",
+                                       f"--config.train.init_from={untrained_bundle}"])
+  with pytest.raises(UserError, match=r"another config: model.vq.num_codes: the bundle has \d+, "
+                                      r"given 32"):
+    trainer.read_init_bundle(other)
+  missing = config_io.load_config(TINY, [f"--config.train.init_from={tmp_path / 'none'}"])
+  with pytest.raises(UserError, match="config.train.init_from: no model bundle at"):
+    trainer.read_init_bundle(missing)
+  # Nothing to fine-tune from: the run initialises from its seed, as before.
+  assert trainer.read_init_bundle(config_io.load_config(TINY)) is None

@@ -198,15 +198,21 @@ def load_run(workdir) -> tuple[ml_collections.ConfigDict, Any, dict[str, Any]]:
   run_stages = stages.codec_stages(config)
   if not run_stages:
     raise ValueError(f"{workdir}: the run trains no stage of the codec")
-  unfinished = rundir.unfinished(run_stages)
+  # A fine-tuned run (train.init_from) took the networks of the stages it did not train from its
+  # bundle: its last stage's params hold them all, so that stage is the one that must be finished.
+  fine_tuned = config.train.get("init_from", "")
+  unfinished = rundir.unfinished(run_stages[-1:] if fine_tuned else run_stages)
   if unfinished:
     raise ValueError(f"{workdir}: stage(s) {', '.join(unfinished)} not finished; a model needs "
-                     f"the whole pipeline ({', '.join(run_stages)})")
+                     + (f"its last stage ({run_stages[-1]}), trained from {fine_tuned}"
+                        if fine_tuned else f"the whole pipeline ({', '.join(run_stages)})"))
   final = rundir.stage(run_stages[-1])
   model = hf.build_model(config)
   params = ckpt_lib.load_params(final.params, hf.param_shapes(model))
   provenance = {"source": {"workdir": str(rundir.root.resolve()), "stage": run_stages[-1],
                            "step": final.done_step()}}
+  if fine_tuned:
+    provenance["source"]["init_from"] = fine_tuned
   return config, params, provenance
 
 

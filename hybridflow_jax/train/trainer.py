@@ -6,8 +6,9 @@ Every process of a multi-host job runs this same program. A stage goes:
     (checkpoints, metrics, evaluations, preemption) -> final params -> DONE
 
 Resume order, for each stage: (1) the latest checkpoint in WORKDIR/STAGE/checkpoints; (2) else
-the final params of the stages before it (WORKDIR/<earlier stage>/params); (3) else a fresh
-initialisation. A stage with WORKDIR/STAGE/DONE is finished and skipped.
+the final params of the stages before it (WORKDIR/<earlier stage>/params); (3) else the initial
+params: a fresh initialisation, with every array that the model bundle `train.init_from` holds
+taken from it (fine-tuning). A stage with WORKDIR/STAGE/DONE is finished and skipped.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ from absl import logging
 from clu import parameter_overview
 from jax.experimental import multihost_utils
 
-from hybridflow_jax import info, perceptual, schedules, stages
+from hybridflow_jax import config as config_lib
+from hybridflow_jax import info, perceptual, pretrained, schedules, stages
+from hybridflow_jax.codec import bundle as bundle_lib
 from hybridflow_jax.data import pipeline
+from hybridflow_jax.errors import UserError
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.train import checkpoint as ckpt_lib
 from hybridflow_jax.train import sharding as shard_lib
@@ -87,6 +91,45 @@ def _load_earlier_stages(rundir: RunDir, stage: str, params, abstract) -> Any:
   return params
 
 
+def read_init_bundle(cfg: ml_collections.ConfigDict) -> tuple[str, dict[str, np.ndarray]] | None:
+  """(description, {"module/param": array}) of the bundle `train.init_from` names (a shipped model
+  or a `hybridflow export` directory), or None without one. UserError (one line) if it is not a
+  readable bundle or was made for another model config: its arrays would not fit these networks."""
+  name = cfg.train.get("init_from", "")
+  if not name:
+    return None
+  try:
+    b = bundle_lib.read(pretrained.resolve(name))
+  except bundle_lib.BundleError as e:
+    raise UserError(f"config.train.init_from: {e}") from None
+  diffs = config_lib.model_differences(b["config"]["model"], cfg.model.to_dict())
+  if diffs:
+    more = f" (and {len(diffs) - 2} more)" if len(diffs) > 2 else ""
+    raise UserError(f"config.train.init_from={name} is a model with another config: "
+                    f"{'; '.join(d.replace('recorded', 'the bundle has') for d in diffs[:2])}{more}; "
+                    "train with its model config (configs or its config.json)")
+  fingerprint = b["manifest"]["fingerprint"][:8]
+  return f"{name} (fingerprint {fingerprint})", bundle_lib.flatten(b["params"])
+
+
+def overlay_bundle(params, flat: dict[str, np.ndarray], shardings):
+  """`params` with every array that `flat` holds replaced by it, placed on the leaf's sharding
+  (from host memory, on every process: the bundle is the same file everywhere)."""
+  tree = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+  where = flax.traverse_util.flatten_dict(flax.core.unfreeze(shardings), sep="/")
+  unknown = sorted(set(flat) - set(tree))
+  if unknown:  # a model config that matches builds the same tree; this is a damaged bundle
+    raise UserError(f"config.train.init_from: the bundle has arrays this model lacks: {unknown[0]}")
+  for key, value in flat.items():
+    old = tree[key]
+    if value.shape != old.shape:
+      raise UserError(f"config.train.init_from: {key} has shape {value.shape} in the bundle, "
+                      f"{old.shape} in this model")
+    value = np.asarray(value, dtype=old.dtype)
+    tree[key] = jax.make_array_from_callback(value.shape, where[key], lambda i, v=value: v[i])
+  return flax.traverse_util.unflatten_dict(tree, sep="/")
+
+
 class Run:
   """What every stage of one `train` call shares: the mesh, the model, its initial params and the
   evaluator (each built or compiled once, not once per stage)."""
@@ -102,15 +145,24 @@ class Run:
     self.abstract_params = hf.param_shapes(self.model)
     self.param_shardings = shard_lib.tree_shardings(self.abstract_params, self.mesh,
                                                     cfg.sharding_rules, cfg.sharding_min_size)
+    # Read (and checked against the model) before any stage trains, so a wrong path fails at once.
+    self.init_bundle = read_init_bundle(cfg)
     self._initial_params = None
     self._evaluators: dict[Any, Evaluator] = {}
 
   def initial_params(self):
-    """Freshly initialised params, created on their shardings once per process (a resumed stage
-    never needs them)."""
+    """Freshly initialised params, with `train.init_from`'s arrays in place of theirs, created on
+    their shardings once per process (a resumed stage never needs them)."""
     if self._initial_params is None:
       init = jax.jit(lambda r: hf.init_params(self.model, r), out_shardings=self.param_shardings)
-      self._initial_params = init(jax.random.PRNGKey(self.cfg.seed))
+      params = init(jax.random.PRNGKey(self.cfg.seed))
+      if self.init_bundle is not None:
+        name, flat = self.init_bundle
+        params = overlay_bundle(params, flat, self.param_shardings)
+        total = len(jax.tree.leaves(params))
+        _log(f"[init] {len(flat)} of {total} parameter arrays from {name}; the others (networks "
+             f"used only in training) initialised from seed {self.cfg.seed}")
+      self._initial_params = params
     # Copies: the update step donates its state, and later stages must still find these intact.
     return jax.device_put(self._initial_params, self.param_shardings, may_alias=False)
 
@@ -128,7 +180,9 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
   cfg, mesh, model = run.cfg, run.mesh, run.model
   record, folder = stages.STAGES[stage], run.rundir.stage(stage)
   total_steps = int(cfg.train.steps[stage])
-  missing = run.rundir.unfinished(record.needs)
+  # Fine-tuning: the networks a stage needs come from the model bundle when this run has no
+  # finished stage of its own to take them from.
+  missing = [] if run.init_bundle is not None else run.rundir.unfinished(record.needs)
   if missing:
     raise ValueError(f"stage {stage} needs the finished {', '.join(missing)} stage(s) in "
                      f"{run.rundir.root} (run config.stage=pipeline, or those stages first)")
@@ -154,7 +208,9 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
          + ("" if restore_data else "; input restarts (process count changed)"))
   else:
     params = _load_earlier_stages(run.rundir, stage, run.initial_params(), abstract_state.params)
-    if record.start is not None:
+    # A stage's start-up (the bridge as a copy of the pixel decoder) is for training from scratch:
+    # a model to fine-tune brings its own.
+    if record.start is not None and run.init_bundle is None:
       params = record.start(params, run.param_shardings)
     state = jax.jit(compiled.make_state, out_shardings=compiled.state_shardings)(params)
     _log(f"[{stage}] starting at step 0")
