@@ -322,7 +322,8 @@ def test_fine_tuning_trains_one_stage_from_a_model_bundle(compile_cache, untrain
   train end as the bundle has them, and the bridge starts from the bundle's bridge, not from a copy
   of the pixel decoder (the from-scratch start)."""
   from hybridflow_jax.codec import bundle as bundle_lib
-  # The tiny pipeline's bridge step (same steps and GAN switch): one compilation per session.
+  # The tiny pipeline's bridge step (same steps and GAN switch; the seed is an argument): its
+  # programs are compiled once per session.
   r = train(compile_cache, tmp_path, "stage=bridge", "train.eval_at_end=False",
             "train.steps.bridge=16", "losses.gan_start=100", "seed=1",
             f"train.init_from={untrained_bundle}")
