@@ -42,17 +42,20 @@ def _flat(tree: dict, prefix: str = "") -> dict:
   return out
 
 
-def model_differences(recorded: dict, given: dict) -> list[str]:
-  """'key: recorded X, given Y' for every `model` value that differs between two configs (plain
-  dicts, as config.json holds them); a key the recorded one lacks counts as its legacy default."""
+def model_differences(recorded: dict, given: dict, recorded_as: str = "recorded") -> str:
+  """'model.key: recorded X, given Y' for the first two `model` values that differ between two
+  configs (plain dicts, as config.json holds them), with how many more; "" if none. A key the
+  recorded one lacks counts as its legacy default."""
   a = _flat(json.loads(json.dumps(recorded)))
   b = _flat(json.loads(json.dumps(given)))      # tuples -> lists, as recorded
   for key, value in LEGACY_MODEL_DEFAULTS.items():
     a.setdefault(key, value)
   def show(flat, k):
     return repr(flat[k]) if k in flat else "(absent)"
-  return [f"model.{k}: recorded {show(a, k)}, given {show(b, k)}"
-          for k in sorted(set(a) | set(b)) if (k in a, a.get(k)) != (k in b, b.get(k))]
+  diffs = [f"model.{k}: {recorded_as} {show(a, k)}, given {show(b, k)}"
+           for k in sorted(set(a) | set(b)) if (k in a, a.get(k)) != (k in b, b.get(k))]
+  more = f" (and {len(diffs) - 2} more)" if len(diffs) > 2 else ""
+  return "; ".join(diffs[:2]) + more
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -71,9 +71,8 @@ class RunDir:
     recorded = json.loads(self.config_file.read_text()).get("model", {})
     diffs = config_lib.model_differences(recorded, cfg.model.to_dict())
     if diffs:
-      more = f" (and {len(diffs) - 2} more)" if len(diffs) > 2 else ""
-      raise UserError(f"{self.root} was trained with another model config: {'; '.join(diffs[:2])}"
-                      f"{more}; train it with the recorded values or use a new --workdir")
+      raise UserError(f"{self.root} was trained with another model config: {diffs}; train it "
+                      "with the recorded values or use a new --workdir")
 
   def write_config(self, cfg: ml_collections.ConfigDict) -> None:
     """Records the run's config once; a resumed run keeps the first one."""

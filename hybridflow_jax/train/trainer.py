@@ -102,11 +102,10 @@ def read_init_bundle(cfg: ml_collections.ConfigDict) -> tuple[str, dict[str, np.
     b = bundle_lib.read(pretrained.resolve(name))
   except bundle_lib.BundleError as e:
     raise UserError(f"config.train.init_from: {e}") from None
-  diffs = config_lib.model_differences(b["config"]["model"], cfg.model.to_dict())
+  diffs = config_lib.model_differences(b["config"]["model"], cfg.model.to_dict(),
+                                       recorded_as="the bundle has")
   if diffs:
-    more = f" (and {len(diffs) - 2} more)" if len(diffs) > 2 else ""
-    raise UserError(f"config.train.init_from={name} is a model with another config: "
-                    f"{'; '.join(d.replace('recorded', 'the bundle has') for d in diffs[:2])}{more}; "
+    raise UserError(f"config.train.init_from={name} is a model with another config: {diffs}; "
                     "train with its model config (configs or its config.json)")
   fingerprint = b["manifest"]["fingerprint"][:8]
   return f"{name} (fingerprint {fingerprint})", bundle_lib.flatten(b["params"])
@@ -145,8 +144,10 @@ class Run:
     self.abstract_params = hf.param_shapes(self.model)
     self.param_shardings = shard_lib.tree_shardings(self.abstract_params, self.mesh,
                                                     cfg.sharding_rules, cfg.sharding_min_size)
-    # Read (and checked against the model) before any stage trains, so a wrong path fails at once.
-    self.init_bundle = read_init_bundle(cfg)
+    # Read (and checked against the model) before any stage trains, so a wrong path fails at once;
+    # its arrays are dropped once the initial params hold them.
+    self._init_bundle = read_init_bundle(cfg)
+    self.fine_tuning = self._init_bundle is not None
     self._initial_params = None
     self._evaluators: dict[Any, Evaluator] = {}
 
@@ -156,8 +157,8 @@ class Run:
     if self._initial_params is None:
       init = jax.jit(lambda r: hf.init_params(self.model, r), out_shardings=self.param_shardings)
       params = init(jax.random.PRNGKey(self.cfg.seed))
-      if self.init_bundle is not None:
-        name, flat = self.init_bundle
+      if self._init_bundle is not None:
+        (name, flat), self._init_bundle = self._init_bundle, None
         params = overlay_bundle(params, flat, self.param_shardings)
         total = len(jax.tree.leaves(params))
         _log(f"[init] {len(flat)} of {total} parameter arrays from {name}; the others (networks "
@@ -182,7 +183,7 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
   total_steps = int(cfg.train.steps[stage])
   # Fine-tuning: the networks a stage needs come from the model bundle when this run has no
   # finished stage of its own to take them from.
-  missing = [] if run.init_bundle is not None else run.rundir.unfinished(record.needs)
+  missing = [] if run.fine_tuning else run.rundir.unfinished(record.needs)
   if missing:
     raise ValueError(f"stage {stage} needs the finished {', '.join(missing)} stage(s) in "
                      f"{run.rundir.root} (run config.stage=pipeline, or those stages first)")
@@ -210,7 +211,7 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
     params = _load_earlier_stages(run.rundir, stage, run.initial_params(), abstract_state.params)
     # A stage's start-up (the bridge as a copy of the pixel decoder) is for training from scratch:
     # a model to fine-tune brings its own.
-    if record.start is not None and run.init_bundle is None:
+    if record.start is not None and not run.fine_tuning:
       params = record.start(params, run.param_shardings)
     state = jax.jit(compiled.make_state, out_shardings=compiled.state_shardings)(params)
     _log(f"[{stage}] starting at step 0")
