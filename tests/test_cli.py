@@ -63,6 +63,7 @@ def test_config_overrides_reach_the_model():
     (("export", "--workdir", "w", "--out", "o", "--config.x=1"), "unrecognized arguments"),
     (("bogus-command",), "invalid choice"),
     (("plan", "--config", "configs/tiny.py", "--devices", "0"), "--devices must be in"),
+    (("compress", "README.md", "never-written.hfc"), "README.md: not an image file this reads"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, message):
   r = hybridflow(*args)

@@ -10,6 +10,7 @@ import json
 import sys
 import warnings
 
+import PIL
 from PIL import Image
 
 from hybridflow_jax import imageio
@@ -28,6 +29,9 @@ def run(ns) -> None:
   _check_pixels(ns.input, data, limit)
   try:
     image, notes = imageio.decode(data)
+  except PIL.UnidentifiedImageError:  # its message names an in-memory buffer, not the file
+    raise UserError(f"{ns.input}: not an image file this reads (PNG, JPEG, WebP, TIFF, BMP, ...)"
+                    ) from None
   except Exception as e:  # noqa: BLE001  (PIL raises many types for unreadable data)
     raise UserError(f"{ns.input}: not a readable image ({type(e).__name__}: "
                     f"{str(e).splitlines()[0] if str(e) else 'no details'})") from None
