@@ -94,6 +94,24 @@ def test_eval_baselines_sit_at_the_closest_quality(evaluated, photo_dir):
       assert abs(row["bpp"] - target) == pytest.approx(best)
 
 
+@pytest.mark.parametrize("b", baselines.baselines(), ids=lambda b: b.name)  # AVIF where Pillow has it
+def test_a_baseline_matches_rates_below_its_lowest_quality_by_coding_smaller(b):
+  """The ablation's AVIF row: at HybridFlow's rates a codec's lowest quality at full size costs
+  too much, so `at_rate` codes the image scaled down; at a rate the full size reaches, it does no
+  worse than the quality closest to the rate at full size."""
+  rgb = demo.load("heldout")["flower"][:256, :384]
+  pixels = rgb.shape[0] * rgb.shape[1]
+  lowest = len(b.encode(rgb, b.qualities[0])) * 8 / pixels
+  f = baselines.at_rate(b, rgb, lowest / 2)
+  assert f.scale < 1 and abs(f.bpp - lowest / 2) <= baselines.RATE_TOLERANCE * lowest / 2, f.label
+  assert f.bpp == len(f.data) * 8 / pixels and f.decoded.shape == rgb.shape
+  assert b.decode(f.data).shape[:2] == (round(256 * f.scale), round(384 * f.scale))
+  target = len(b.encode(rgb, 30)) * 8 / pixels
+  f = baselines.at_rate(b, rgb, target)
+  plain = b.decode(b.encode(rgb, b.closest(rgb, target, {})))
+  assert image_metrics.psnr_uint8(rgb, f.decoded) >= image_metrics.psnr_uint8(rgb, plain)
+
+
 def test_eval_writes_csv_and_plots(evaluated):
   out, _ = evaluated
   with open(out / "per_image.csv") as f:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, features
 
+from hybridflow_jax import image_metrics
 from hybridflow_jax.errors import UserError
 
 
@@ -54,6 +55,55 @@ class Baseline:
       mid = (lo + hi) // 2
       lo, hi = (mid, hi) if bpp(mid) < target_bpp else (lo, mid)
     return lo if target_bpp - bpp(lo) <= bpp(hi) - target_bpp else hi
+
+
+# Image scales `at_rate` tries: a codec's lowest quality at full size costs more than the rates
+# HybridFlow works at (AVIF's: about 0.07 bpp on 768x512 photos), so to match a rate the image is
+# coded smaller and scaled back up, as an encoder with resolution reduction would do.
+SCALES = (1.0, 0.75, 0.5, 0.375, 0.25)
+RATE_TOLERANCE = 0.10   # a file within 10 % of the target rate counts as matched (the ablation's rule)
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchedFile:
+  """A baseline's file at a target rate: `data` codes `rgb` scaled by `scale` at `quality`;
+  `decoded` is it decoded and scaled back to the full size; `bpp` counts the full size's pixels."""
+
+  quality: int
+  scale: float
+  data: bytes
+  bpp: float
+  decoded: np.ndarray
+
+  @property
+  def label(self) -> str:
+    return f"q{self.quality}" if self.scale == 1 else f"q{self.quality} at {self.scale:g}x"
+
+
+def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+
+
+def at_rate(b: Baseline, rgb: np.ndarray, target_bpp: float,
+            scales: Sequence[float] = SCALES) -> MatchedFile:
+  """`b`'s file of uint8 [H, W, 3] `rgb` at `target_bpp`. At each scale (Lanczos down, the quality
+  whose file is closest to the target, decoded and Lanczos up); of the files within RATE_TOLERANCE
+  of the target the one with the highest PSNR-RGB, else the file closest to the target."""
+  h, w = rgb.shape[:2]
+  files = []
+  for scale in scales:
+    size = (max(16, round(w * scale)), max(16, round(h * scale)))
+    small = rgb if size == (w, h) else _resize(rgb, size)
+    # bpp of the small image's file that counts the full image's pixels: target x scale-down.
+    q = b.closest(small, target_bpp * (w * h) / (size[0] * size[1]), {})
+    data = b.encode(small, q)
+    decoded = b.decode(data)
+    decoded = decoded if size == (w, h) else _resize(decoded, (w, h))
+    files.append(MatchedFile(q, scale, data, len(data) * 8 / (w * h), decoded))
+  matched = [f for f in files if abs(f.bpp - target_bpp) <= RATE_TOLERANCE * target_bpp]
+  if not matched:
+    return min(files, key=lambda f: abs(f.bpp - target_bpp))
+  return max(matched, key=lambda f: image_metrics.psnr_uint8(rgb, f.decoded))
 
 
 BASELINES = {
