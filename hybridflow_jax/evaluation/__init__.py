@@ -4,8 +4,9 @@ For each data set, each image and each operating point: compress to a file, deco
 measure bpp (file bytes x 8 / pixels), bpp estimated by the model, PSNR-RGB, MS-SSIM-RGB,
 LPIPS-Alex, LPIPS-VGG, encoding and decoding seconds (after one untimed warm-up per image shape, so
 no compilation is timed; wall clock on this process's devices). The same images are coded live by
-JPEG, WebP and (where Pillow writes it) AVIF, each at the quality whose real bpp is closest to each
-of our operating points on that image.
+JPEG, WebP and (where Pillow writes it) AVIF, each at the real bpp of each of our operating points
+on that image (`baselines.at_rate`: coded smaller and scaled back up where the full size cannot
+get that low).
 
     loop.py        the loop over images and operating points -> per-image rows
     measures.py    PSNR, MS-SSIM, LPIPS of a reconstruction

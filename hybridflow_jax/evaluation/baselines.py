@@ -1,4 +1,4 @@
-"""The live baselines of `hybridflow eval`: Pillow's JPEG, WebP and AVIF, swept over quality."""
+"""The live baselines of `hybridflow eval` and `ablate`: Pillow's JPEG, WebP and AVIF at a given rate."""
 
 from __future__ import annotations
 
@@ -84,22 +84,40 @@ def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
 
 
-def at_rate(b: Baseline, rgb: np.ndarray, target_bpp: float,
-            scales: Sequence[float] = SCALES) -> MatchedFile:
+def scaled_size(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
+  """(width, height) of an image of `shape` [H, W, ...] coded at `scale` (16 px at least)."""
+  h, w = shape[:2]
+  return max(16, round(w * scale)), max(16, round(h * scale))
+
+
+def encode_at(b: Baseline, rgb: np.ndarray, quality: int, scale: float) -> bytes:
+  """`b`'s file of `rgb` scaled by `scale` (Lanczos) at `quality`."""
+  size = scaled_size(rgb.shape, scale)
+  return b.encode(rgb if size == (rgb.shape[1], rgb.shape[0]) else _resize(rgb, size), quality)
+
+
+def decode_at(b: Baseline, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+  """A file of `encode_at` decoded and scaled back (Lanczos) to `shape` [H, W, ...]."""
+  decoded = b.decode(data)
+  return decoded if decoded.shape[:2] == shape[:2] else _resize(decoded, (shape[1], shape[0]))
+
+
+def at_rate(b: Baseline, rgb: np.ndarray, target_bpp: float, scales: Sequence[float] = SCALES,
+            cache: dict[float, dict[int, bytes]] | None = None) -> MatchedFile:
   """`b`'s file of uint8 [H, W, 3] `rgb` at `target_bpp`. At each scale (Lanczos down, the quality
   whose file is closest to the target, decoded and Lanczos up); of the files within RATE_TOLERANCE
-  of the target the one with the highest PSNR-RGB, else the file closest to the target."""
+  of the target the one with the highest PSNR-RGB, else the file closest to the target. `cache`
+  (scale -> quality -> file) saves encodings between calls on the same image."""
+  cache = {} if cache is None else cache
   h, w = rgb.shape[:2]
   files = []
   for scale in scales:
-    size = (max(16, round(w * scale)), max(16, round(h * scale)))
+    size = scaled_size(rgb.shape, scale)
     small = rgb if size == (w, h) else _resize(rgb, size)
-    # bpp of the small image's file that counts the full image's pixels: target x scale-down.
-    q = b.closest(small, target_bpp * (w * h) / (size[0] * size[1]), {})
-    data = b.encode(small, q)
-    decoded = b.decode(data)
-    decoded = decoded if size == (w, h) else _resize(decoded, (w, h))
-    files.append(MatchedFile(q, scale, data, len(data) * 8 / (w * h), decoded))
+    # The small image's bpp for the full image's: the target times the scale-down in pixels.
+    q = b.closest(small, target_bpp * (w * h) / (size[0] * size[1]), cache.setdefault(scale, {}))
+    data = cache[scale][q]
+    files.append(MatchedFile(q, scale, data, len(data) * 8 / (w * h), decode_at(b, data, rgb.shape)))
   matched = [f for f in files if abs(f.bpp - target_bpp) <= RATE_TOLERANCE * target_bpp]
   if not matched:
     return min(files, key=lambda f: abs(f.bpp - target_bpp))

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from hybridflow_jax.codec.api import Codec
 from hybridflow_jax.data import pipeline
 from hybridflow_jax.errors import UserError
+from hybridflow_jax.evaluation import baselines
 from hybridflow_jax.evaluation.baselines import Baseline
 from hybridflow_jax.evaluation.measures import Measures
 
@@ -84,6 +85,7 @@ def _ours(codec: Codec, measure: Measures, image: dict[str, Any], rgb: np.ndarra
     estimate = codec.estimate_bits(lat, c)["total"] + c.bits["header"]
     recon[schedule] = decoded
     rows.append({**image, "codec": "hybridflow", "operating_point": schedule, "quality": "",
+                 "scale": "",
                  "bytes": len(c.data), "bpp": len(c.data) * 8 / pixels,
                  "bpp-estimated": estimate / pixels, "keep_ratio": c.keep_ratio,
                  "encoding_time": t_enc, "decoding_time": t_dec, **measure(rgb, decoded),
@@ -93,20 +95,23 @@ def _ours(codec: Codec, measure: Measures, image: dict[str, Any], rgb: np.ndarra
 
 def _baseline(b: Baseline, measure: Measures, image: dict[str, Any], rgb: np.ndarray,
               targets: dict[str, float]) -> list[dict[str, Any]]:
-  """Rows of baseline `b` on `rgb`: per operating point, the quality closest to its bpp target."""
+  """Rows of baseline `b` on `rgb`: per operating point, its file at that point's bpp
+  (`baselines.at_rate`: coded smaller and scaled back up where the full size cannot reach it)."""
   pixels = rgb.shape[0] * rgb.shape[1]
-  cache: dict[int, bytes] = {}
-  done: dict[int, dict] = {}  # quality -> measured row (points often share a quality)
+  cache: dict[float, dict[int, bytes]] = {}
+  done: dict[tuple[int, float], dict] = {}  # (quality, scale) -> measured row (points often share)
   rows = []
   for schedule, target in targets.items():
-    q = b.closest(rgb, target, cache)
-    if q not in done:
-      data, t_enc = _timed(b.encode, rgb, q)
-      decoded, t_dec = _timed(b.decode, data)
-      done[q] = {"bytes": len(data), "bpp": len(data) * 8 / pixels, "bpp-estimated": math.nan,
-                 "keep_ratio": math.nan, "encoding_time": t_enc, "decoding_time": t_dec,
-                 **measure(rgb, decoded), "file": ""}
-    rows.append({**image, "codec": b.name, "operating_point": schedule, "quality": q, **done[q]})
+    f = baselines.at_rate(b, rgb, target, cache=cache)
+    if (f.quality, f.scale) not in done:
+      data, t_enc = _timed(baselines.encode_at, b, rgb, f.quality, f.scale)
+      decoded, t_dec = _timed(baselines.decode_at, b, data, rgb.shape)
+      done[f.quality, f.scale] = {
+          "bytes": len(data), "bpp": len(data) * 8 / pixels, "bpp-estimated": math.nan,
+          "keep_ratio": math.nan, "encoding_time": t_enc, "decoding_time": t_dec,
+          **measure(rgb, decoded), "file": ""}
+    rows.append({**image, "codec": b.name, "operating_point": schedule, "quality": f.quality,
+                 "scale": f.scale, **done[f.quality, f.scale]})
   return rows
 
 

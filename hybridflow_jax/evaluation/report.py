@@ -40,8 +40,8 @@ def summarize(rows: Sequence[dict[str, Any]], *, codec, name: str, spec: str,
       "dataset": {"name": name, "source": spec, "images": images},
       "model": {"fingerprint": codec.manifest["fingerprint"],
                 "source": codec.manifest.get("source")},
-      "baselines": {b.name: {"name": b.name, "description": b.description + "; per image, the "
-                             "quality whose real bpp is closest to each HybridFlow point",
+      "baselines": {b.name: {"name": b.name, "description": b.description + "; per image, "
+                             "its file at each HybridFlow point's real bpp (baselines.at_rate)",
                              "results": block(b.name)} for b in baselines},
       "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # KiB on Linux
       "notes": "times exclude compilation (one untimed warm-up per image shape); "
