@@ -26,12 +26,16 @@ def rate_distortion(results: dict[str, Any], curves: Sequence[dict[str, Any]],
     ax = fig.subplots()
     for codec_name, block in blocks(results):
       x, y = block["results"]["bpp"], block["results"][keys[0]]
+      # Lines join the points in order of rate (dynamic sits between the fixed schedules).
+      line = sorted((b, v) for b, v in zip(x, y) if b is not None and v is not None)
+      if not line:
+        continue
       if codec_name == "hybridflow":
-        ax.plot(x, y, label="HybridFlow", marker="o", lw=2)
+        ax.plot(*zip(*line), label="HybridFlow", marker="o", lw=2)
         for xi, yi, op in zip(x, y, results["operating_points"]):
           ax.annotate(op, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
       else:
-        ax.plot(x, y, label=f"{codec_name} (live)", marker="s", ls="--")
+        ax.plot(*zip(*line), label=f"{codec_name} (live)", marker="s", ls="--")
     for curve in curves:
       key = next((k for k in keys if k in curve["results"]), None)
       if key is None:
