@@ -87,9 +87,10 @@ def _more_sources(share: pathlib.Path) -> list[pathlib.Path]:
   return paths
 
 
-def _save_new(img: Image.Image | np.ndarray, dest: pathlib.Path) -> None:
-  """Writes a PNG; a file already there is kept if it holds the same pixels (a second run adds
-  what is missing, e.g. --more) and is an error otherwise: nothing is overwritten."""
+def _save_new(img: Image.Image | np.ndarray, dest: pathlib.Path) -> np.ndarray:
+  """Writes a PNG and returns its pixels; a file already there is kept if it holds the same pixels
+  (a second run adds what is missing, e.g. --more) and is an error otherwise: nothing is
+  overwritten."""
   pixels = np.asarray(img)
   if dest.exists():
     try:
@@ -98,8 +99,9 @@ def _save_new(img: Image.Image | np.ndarray, dest: pathlib.Path) -> None:
       same = False
     if not same:
       raise FileExistsError(f"{dest} exists and holds another image; choose another --out")
-    return
+    return pixels
   Image.fromarray(pixels).save(dest)
+  return pixels
 
 
 def write(out: str | pathlib.Path, root: pathlib.Path = ROOT, more: bool = False,
@@ -109,24 +111,27 @@ def write(out: str | pathlib.Path, root: pathlib.Path = ROOT, more: bool = False
   out = pathlib.Path(out)
   more_sources = _more_sources(share) if more else []
   written: dict[str, list[pathlib.Path]] = {"train": [], "heldout": []}
+  train = {}  # file name -> pixels, for --more
   for split, names in (("train", TRAIN), ("heldout", HELDOUT)):
     (out / split).mkdir(parents=True, exist_ok=True)
     for name in names:
       dest = out / split / f"{name}.png"
       img = Image.open(source(name, root)).convert("RGB")
       img = _resize_short(img, TRAIN_SHORT_SIDE) if split == "train" else _center(img, HELDOUT_SIZE)
-      _save_new(img, dest)
+      pixels = _save_new(img, dest)
+      if split == "train":
+        train[dest.name] = pixels
       written[split].append(dest)
   for name, img in demo.load("train").items():
     dest = out / "train" / f"demo_{name}.png"
-    _save_new(img, dest)
+    train[dest.name] = _save_new(img, dest)
     written["train"].append(dest)
   if more:
     (out / MORE_SPLIT).mkdir(exist_ok=True)
     written[MORE_SPLIT] = []
-    for path in written["train"]:
-      dest = out / MORE_SPLIT / path.name
-      _save_new(Image.open(path), dest)
+    for name, pixels in train.items():
+      dest = out / MORE_SPLIT / name
+      _save_new(pixels, dest)
       written[MORE_SPLIT].append(dest)
     for path in more_sources:
       img = _resize_short(Image.open(path).convert("RGB"), TRAIN_SHORT_SIDE)

@@ -84,16 +84,16 @@ def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
 
 
-def scaled_size(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
-  """(width, height) of an image of `shape` [H, W, ...] coded at `scale` (16 px at least)."""
-  h, w = shape[:2]
-  return max(16, round(w * scale)), max(16, round(h * scale))
+def scaled(rgb: np.ndarray, scale: float) -> np.ndarray:
+  """`rgb` scaled by `scale` (Lanczos; 16 px a side at least); `rgb` itself where that is its size."""
+  h, w = rgb.shape[:2]
+  size = max(16, round(w * scale)), max(16, round(h * scale))
+  return rgb if size == (w, h) else _resize(rgb, size)
 
 
 def encode_at(b: Baseline, rgb: np.ndarray, quality: int, scale: float) -> bytes:
   """`b`'s file of `rgb` scaled by `scale` (Lanczos) at `quality`."""
-  size = scaled_size(rgb.shape, scale)
-  return b.encode(rgb if size == (rgb.shape[1], rgb.shape[0]) else _resize(rgb, size), quality)
+  return b.encode(scaled(rgb, scale), quality)
 
 
 def decode_at(b: Baseline, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
@@ -112,10 +112,10 @@ def at_rate(b: Baseline, rgb: np.ndarray, target_bpp: float, scales: Sequence[fl
   h, w = rgb.shape[:2]
   files = []
   for scale in scales:
-    size = scaled_size(rgb.shape, scale)
-    small = rgb if size == (w, h) else _resize(rgb, size)
+    small = scaled(rgb, scale)
     # The small image's bpp for the full image's: the target times the scale-down in pixels.
-    q = b.closest(small, target_bpp * (w * h) / (size[0] * size[1]), cache.setdefault(scale, {}))
+    q = b.closest(small, target_bpp * (w * h) / (small.shape[0] * small.shape[1]),
+                  cache.setdefault(scale, {}))
     data = cache[scale][q]
     files.append(MatchedFile(q, scale, data, len(data) * 8 / (w * h), decode_at(b, data, rgb.shape)))
   matched = [f for f in files if abs(f.bpp - target_bpp) <= RATE_TOLERANCE * target_bpp]
