@@ -221,8 +221,9 @@ def test_sharded_step_equals_unsharded(compile_cache, tiny_params, tmp_path):
 def test_local_launcher_trains_two_processes_survives_an_interrupt_and_resumes(compile_cache,
                                                                               tmp_path):
   """launch/local.sh 2: two processes (2 CPU devices each) train one run; SIGTERM to the launcher
-  reaches both, which checkpoint and exit 0; the same command resumes and finishes; then one process
-  alone restores the 2-process checkpoint and trains on (ONE_STAGE's program, compiled once)."""
+  reaches both, which checkpoint and exit 0; the same command resumes and finishes, and finishes
+  again after an interrupted finish; then one process alone restores the 2-process checkpoint and
+  trains on (ONE_STAGE's program, compiled once)."""
   over = ("stage=continuous", "train.eval_at_end=False", "train.steps.continuous=12",
           "train.crop_size.continuous=64", "train.checkpoint_every=3")
   cmd = ["bash", str(ROOT / "launch" / "local.sh"), "2", "--config", TINY, "--workdir",
@@ -248,6 +249,14 @@ def test_local_launcher_trains_two_processes_survives_an_interrupt_and_resumes(c
   # The data state of both processes is in the checkpoint.
   data = tmp_path / "continuous" / "checkpoints" / "12" / "data"
   assert {p.name for p in data.glob("*.json")} == {"process_0-of-2.json", "process_1-of-2.json"}
+  # Interrupted after the final params were written but before DONE: both processes finish again,
+  # together (process 0 clears the params it finds; process 1 must not miss that barrier).
+  (tmp_path / "continuous" / "DONE").unlink()
+  r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert (tmp_path / "continuous" / "DONE").read_text().strip() == "12"
+  assert {line[:4]: line.split()[-1] for line in r.stdout.splitlines()
+          if "params checksum" in line} == sums
   # One process alone restores the 2-process checkpoint and trains on from it.
   (tmp_path / "continuous" / "DONE").unlink()
   r = train(compile_cache, tmp_path, *ONE_STAGE)
