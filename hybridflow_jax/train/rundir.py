@@ -75,9 +75,12 @@ class RunDir:
                       "with the recorded values or use a new --workdir")
 
   def write_config(self, cfg: ml_collections.ConfigDict) -> None:
-    """Records the run's config once; a resumed run keeps the first one."""
+    """Records the run's config once; a resumed run keeps the first one. Written whole (a temporary
+    file renamed): the other processes of a job read it while process 0 writes."""
     if not self.config_file.exists():
-      self.config_file.write_text(json.dumps(cfg.to_dict(), indent=2))
+      tmp = self.config_file.with_suffix(".json.tmp")
+      tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
+      tmp.replace(self.config_file)
 
   def read_config(self) -> ml_collections.ConfigDict:
     if not self.config_file.is_file():
