@@ -93,7 +93,8 @@ def test_windowed_attention_sees_each_window_alone(tiny_model, tiny_params):
   tokens = jnp.asarray(rng.integers(0, k + 1, (1, 6, 10)), jnp.int32)
   ctx = jnp.asarray(rng.normal(size=(1, 6, 10, tiny_model.config.continuous.latent_channels)),
                     jnp.float32)
-  logits = lambda t, c: np.asarray(tiny_model.apply(p, t, c, method=hf.HybridFlow.predict_tokens))
+  predict = jax.jit(lambda t, c: tiny_model.apply(p, t, c, method=hf.HybridFlow.predict_tokens))
+  logits = lambda t, c: np.asarray(predict(t, c))
   whole = logits(tokens, ctx)
   for r0, c0 in ((0, 0), (0, 4), (0, 8), (4, 0), (4, 8)):    # full, full, 4x2, 2x4, 2x2 windows
     part = logits(tokens[:, r0:r0 + 4, c0:c0 + 4], ctx[:, r0:r0 + 4, c0:c0 + 4])
