@@ -70,17 +70,17 @@ def test_bridge_starts_from_the_pixel_decoder(norm, tiny_config, tiny_params, im
   config = tiny_config.copy_and_resolve_references()
   config.model.bridge.norm = norm
   model = hf.build_model(config)
+  apply = jax.jit(model.apply, static_argnames="method")   # one program per method, not op by op
   params = flax.core.unfreeze(tiny_params)
   params["bridge"] = init_bridge_from_pixel_decoder(params["bridge"], params["pixel_decoder"])
   p = {"params": params}
-  indices = model.apply(p, images, method=hf.HybridFlow.tokenize)["indices"]
-  y_shape = model.apply(p, images, method=hf.HybridFlow.continuous_stream)["y_hat"].shape
+  indices = apply(p, images, method=hf.HybridFlow.tokenize)["indices"]
+  y_shape = apply(p, images, method=hf.HybridFlow.continuous_stream)["y_hat"].shape
   # Untrained, y_hat rounds to zero; any latent must leave the output unchanged, so use a big one.
   y_hat = jnp.round(3.0 * jax.random.normal(jax.random.PRNGKey(2), y_shape))
-  plain = model.apply(p, indices, method=hf.HybridFlow.render_codebook)
-  bridged = model.apply(p, indices, y_hat, method=hf.HybridFlow.render)
-  np.testing.assert_array_equal(bridged, model.apply(p, indices, 0 * y_hat,
-                                                     method=hf.HybridFlow.render))
+  plain = apply(p, indices, method=hf.HybridFlow.render_codebook)
+  bridged = apply(p, indices, y_hat, method=hf.HybridFlow.render)
+  np.testing.assert_array_equal(bridged, apply(p, indices, 0 * y_hat, method=hf.HybridFlow.render))
   if norm == "group":
     np.testing.assert_array_equal(plain, bridged)
   else:
@@ -90,8 +90,8 @@ def test_bridge_starts_from_the_pixel_decoder(norm, tiny_config, tiny_params, im
   keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
   params["bridge"] = jax.tree.unflatten(
       tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-  moved = model.apply({"params": params}, indices, y_hat, method=hf.HybridFlow.render)
-  moved2 = model.apply({"params": params}, indices, y_hat * 2, method=hf.HybridFlow.render)
+  moved = apply({"params": params}, indices, y_hat, method=hf.HybridFlow.render)
+  moved2 = apply({"params": params}, indices, y_hat * 2, method=hf.HybridFlow.render)
   assert not np.allclose(moved, moved2)
 
 
@@ -175,8 +175,8 @@ def test_strided_conv_has_nn_conv_forward_and_gradients():
         loss = lambda m: lambda p, u: jnp.sum(jnp.sin(m.apply(p, u)))
         # The phase path is the one taken (a custom gradient in the traced program).
         assert "custom_vjp_call" in str(jax.make_jaxpr(loss(ours))(params, x))
-        got = jax.grad(loss(ours), argnums=(0, 1))(params, x)
-        want = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+        got = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(params, x)
+        want = jax.jit(jax.grad(loss(ref), argnums=(0, 1)))(params, x)
         for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
           np.testing.assert_allclose(g, w, atol=2e-5, rtol=1e-5)
 
@@ -218,7 +218,7 @@ def test_layer_norm_decoder_is_local(norm):
   q = jax.random.normal(jax.random.PRNGKey(0), (1, 16, 16, 4))
   params = decoder.init(jax.random.PRNGKey(1), q)
   # Pixels of the 4 leftmost tokens, 11 tokens from the changed column.
-  _check_locality(lambda v: decoder.apply(params, v), q, norm, left_px=8, right_px=2)
+  _check_locality(jax.jit(lambda v: decoder.apply(params, v)), q, norm, left_px=8, right_px=2)
 
 
 def _check_locality(render, x, norm, left_px, right_px):
@@ -245,7 +245,7 @@ def test_baseline_synthesis_normalises_as_the_bridge(norm, tiny_config, tiny_par
   model = hf.build_model(config)
   m = config.model.continuous.latent_channels
   y = jax.random.normal(jax.random.PRNGKey(0), (1, 16, 16, m))
-  render = lambda v: model.apply({"params": tiny_params}, v,
-                                 method=lambda mod, v: mod.baseline.synthesis(v))
+  render = jax.jit(lambda v: model.apply({"params": tiny_params}, v,
+                                         method=lambda mod, v: mod.baseline.synthesis(v)))
   # Pixels of the 2 leftmost latents, 13 from the changed column.
   _check_locality(render, y, norm, left_px=32, right_px=32)

@@ -51,7 +51,7 @@ def test_cross_attention_is_wired(decoder, case, tiny_model, tiny_params):
   other = jnp.asarray(np.random.default_rng(1).normal(size=ctx.shape) * 3.0, jnp.float32)
   p = {"params": tiny_params}
   masked = jnp.where(keep, tokens, tiny_model.config.vq.num_codes)
-  logits = lambda c: tiny_model.apply(p, masked, c, method=hf.HybridFlow.predict_tokens)
+  logits = jax.jit(lambda c: tiny_model.apply(p, masked, c, method=hf.HybridFlow.predict_tokens))
   assert not np.allclose(logits(ctx), logits(other))
   assert (np.asarray(decoder(tokens, keep, ctx)) != np.asarray(decoder(tokens, keep, other))).any()
 
@@ -61,7 +61,8 @@ def test_transformer_runs_on_other_grid_sizes(tiny_model, tiny_params):
   p = {"params": tiny_params}
   k = tiny_model.config.vq.num_codes
   ctx = jnp.zeros((1, 6, 10, tiny_model.config.continuous.latent_channels))
-  logits = tiny_model.apply(p, jnp.full((1, 6, 10), k), ctx, method=hf.HybridFlow.predict_tokens)
+  predict = jax.jit(lambda t, c: tiny_model.apply(p, t, c, method=hf.HybridFlow.predict_tokens))
+  logits = predict(jnp.full((1, 6, 10), k), ctx)
   assert logits.shape == (1, 6, 10, k) and np.isfinite(logits).all()
 
 
