@@ -4,6 +4,7 @@ All runs share one persistent compilation cache, so each distinct program compil
 """
 
 import json
+import os
 import pathlib
 import signal
 import socket
@@ -95,21 +96,29 @@ def _wait_for_checkpoint(workdir, stage, proc, min_step=1, timeout=300):
   raise TimeoutError("no checkpoint appeared")
 
 
-@pytest.fixture(scope="module")
-def one_stage(tmp_path_factory):
-  """ONE_STAGE on the demo training photos and three unreadable files (a truncated JPEG, an empty
-  file and text named .png): the overrides of every run below that is interrupted or compared."""
+def _photos_and_unreadable_files(folder, copies=1):
+  """`folder` with the demo training photos (`copies` of each, hard links) and three unreadable
+  files (a truncated JPEG, an empty file and text named .png)."""
   from PIL import Image
 
   from hybridflow_jax.data import demo
-  folder = tmp_path_factory.mktemp("photos")
   paths = demo.write_folder(folder, "train")
+  for path in paths:
+    for i in range(1, copies):
+      os.link(path, path.with_name(f"{path.stem}_{i}{path.suffix}"))
   Image.open(paths[0]).save(folder / "truncated.jpg", quality=90)
   data = (folder / "truncated.jpg").read_bytes()
   (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
   (folder / "empty.jpg").write_bytes(b"")
   (folder / "notes.png").write_text("this is not an image\n")
-  return (*ONE_STAGE, f"data.train={folder}")
+  return folder
+
+
+@pytest.fixture(scope="module")
+def one_stage(tmp_path_factory):
+  """ONE_STAGE on `_photos_and_unreadable_files`: the overrides of every run below that is
+  interrupted or compared."""
+  return (*ONE_STAGE, f"data.train={_photos_and_unreadable_files(tmp_path_factory.mktemp('photos'))}")
 
 
 @pytest.fixture(scope="module")
@@ -222,20 +231,26 @@ def test_local_launcher_trains_two_processes_survives_an_interrupt_and_resumes(c
                                                                               tmp_path):
   """launch/local.sh 2: two processes (2 CPU devices each) train one run; SIGTERM to the launcher
   reaches both, which checkpoint and exit 0; the same command resumes and finishes, and finishes
-  again after an interrupted finish; then one process alone restores the 2-process checkpoint and
-  trains on (ONE_STAGE's program, compiled once)."""
+  again after an interrupted finish, having recorded the unreadable files both processes met; then
+  one process alone restores the 2-process checkpoint and trains on (ONE_STAGE's program, compiled
+  once)."""
+  photos, run = tmp_path / "photos", tmp_path / "run"
+  photos.mkdir()
+  # 51 files: the 24 images each process draws in 12 steps are under one epoch of its shard, so
+  # each unreadable file is met by one process only.
+  _photos_and_unreadable_files(photos, copies=6)
   over = ("stage=continuous", "train.eval_at_end=False", "train.steps.continuous=12",
-          "train.crop_size.continuous=64", "train.checkpoint_every=3")
+          "train.crop_size.continuous=64", "train.checkpoint_every=3", f"data.train={photos}")
   cmd = ["bash", str(ROOT / "launch" / "local.sh"), "2", "--config", TINY, "--workdir",
-         str(tmp_path), *[f"--config.{o}" for o in over]]
+         str(run), *[f"--config.{o}" for o in over]]
   env = _env(compile_cache, devices=2, PYTHON=sys.executable)
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           cwd=ROOT)
-  _wait_for_checkpoint(tmp_path, "continuous", proc, timeout=600)
+  _wait_for_checkpoint(run, "continuous", proc, timeout=600)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]
-  assert not (tmp_path / "continuous" / "DONE").exists(), "finished before the interrupt"
+  assert not (run / "continuous" / "DONE").exists(), "finished before the interrupt"
   # The launcher exits 0 only if both processes did; process 0 logs for the run.
   assert any(line.startswith("[p0]") and "preempted" in line for line in out.splitlines()), out
 
@@ -243,25 +258,28 @@ def test_local_launcher_trains_two_processes_survives_an_interrupt_and_resumes(c
   assert r.returncode == 0, r.stderr[-3000:]
   assert any(line.startswith("[p0]") and "resumed from step" in line
              for line in r.stdout.splitlines()), r.stdout[-2000:]
-  assert (tmp_path / "continuous" / "DONE").read_text().strip() == "12"
+  assert (run / "continuous" / "DONE").read_text().strip() == "12"
   sums = {line[:4]: line.split()[-1] for line in r.stdout.splitlines() if "params checksum" in line}
   assert set(sums) == {"[p0]", "[p1]"} and len(set(sums.values())) == 1, sums
   # The data state of both processes is in the checkpoint.
-  data = tmp_path / "continuous" / "checkpoints" / "12" / "data"
+  data = run / "continuous" / "checkpoints" / "12" / "data"
   assert {p.name for p in data.glob("*.json")} == {"process_0-of-2.json", "process_1-of-2.json"}
+  # Each process reads its own shard of the photos; the run records what both could not read.
+  summary = json.loads((run / "continuous" / "summary.json").read_text())
+  assert len(summary["skipped_images"]) == 3, summary["skipped_images"]
   # Interrupted after the final params were written but before DONE: both processes finish again,
   # together (process 0 clears the params it finds; process 1 must not miss that barrier).
-  (tmp_path / "continuous" / "DONE").unlink()
+  (run / "continuous" / "DONE").unlink()
   r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert (tmp_path / "continuous" / "DONE").read_text().strip() == "12"
+  assert (run / "continuous" / "DONE").read_text().strip() == "12"
   assert {line[:4]: line.split()[-1] for line in r.stdout.splitlines()
           if "params checksum" in line} == sums
   # One process alone restores the 2-process checkpoint and trains on from it.
-  (tmp_path / "continuous" / "DONE").unlink()
-  r = train(compile_cache, tmp_path, *ONE_STAGE)
+  (run / "continuous" / "DONE").unlink()
+  r = train(compile_cache, run, *ONE_STAGE)
   assert "resumed from step 12" in r.stdout
-  assert (tmp_path / "continuous" / "DONE").read_text().strip() == str(STEPS)
+  assert (run / "continuous" / "DONE").read_text().strip() == str(STEPS)
 
 
 def test_local_launcher_stops_every_process_when_one_fails(compile_cache, tmp_path):

@@ -48,7 +48,7 @@ class Preempted(Exception):
 
 
 class _SigtermFlag:
-  """Set by SIGTERM (how pods and SLURM announce preemption); checked once per step."""
+  """Set by SIGTERM (how pods and SLURM announce preemption); checked once per step (`exchange`)."""
 
   def __init__(self):
     self.raised = False
@@ -64,12 +64,17 @@ class _SigtermFlag:
   def __exit__(self, *exc):
     signal.signal(signal.SIGTERM, self._previous)
 
-  def any_process(self) -> bool:
+  def exchange(self, skipped: np.ndarray) -> tuple[bool, np.ndarray]:
+    """(whether any process was sent SIGTERM, the unreadable records every process met this step):
+    one exchange between processes per step. Every process must stop at the same step to write one
+    consistent checkpoint, and each reads its own shard of the data, so the run's record of skipped
+    images (written by process 0) needs the others' too."""
+    skipped = np.asarray(skipped, np.int32).reshape(-1)
     if jax.process_count() == 1:
-      return self.raised
-    # Every process must stop at the same step to write one consistent checkpoint.
-    flags = multihost_utils.process_allgather(np.asarray(self.raised))
-    return bool(np.any(flags))
+      return self.raised, skipped
+    gathered = np.asarray(multihost_utils.process_allgather(
+        np.concatenate([np.asarray([self.raised], np.int32), skipped])))
+    return bool(gathered[:, 0].any()), gathered[:, 1:].reshape(-1)
 
 
 def _log(msg: str) -> None:
@@ -235,13 +240,13 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
   result: dict = {}
   while step < total_steps:
     batch = next(data_iter)
-    for i in np.asarray(batch["skipped"]).reshape(-1):
-      if i >= 0 and int(i) not in bad_records:
-        bad_records.add(int(i))
-        ckpt_lib.write_json(bad_file, sorted(bad_records))
     images = jax.make_array_from_process_local_data(images_sharding, batch["image"])
     state, metrics = compiled.step(state, images)
     step += 1
+    preempted, skipped = sigterm.exchange(batch["skipped"])
+    if new := {int(i) for i in skipped if i >= 0} - bad_records:
+      bad_records |= new
+      ckpt_lib.write_json(bad_file, sorted(bad_records))
     images_since_log += cfg.train.batch_size
 
     if step % cfg.train.log_every == 0 or step == total_steps or step == 1:
@@ -259,7 +264,7 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
     checkpoints.save(step, state, data_iter, cfg)
     if cfg.train.eval_every and (step % cfg.train.eval_every == 0) and step < total_steps:
       result = run.evaluator(stage).run(_inference_params(state, cfg), writer, step)
-    if sigterm.any_process():
+    if preempted:
       checkpoints.save(step, state, data_iter, cfg, force=True)
       checkpoints.wait()
       writer.flush()
