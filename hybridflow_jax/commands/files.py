@@ -63,6 +63,8 @@ def write_atomically(out: pathlib.Path, write: Callable[[pathlib.Path], None]) -
 def read_input(path: str) -> bytes:
   """The bytes of the input file `path` (UserError if it cannot be read)."""
   p = pathlib.Path(path)
+  if p.is_dir():
+    raise UserError(f"{p} is a directory, not a file (one input file per command)")
   if not p.is_file():
     raise UserError(f"{p}: no such file")
   try:
