@@ -37,9 +37,9 @@ class _Parser(argparse.ArgumentParser):
     fail(self.prog, message)
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
+def _add_config_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
   """The flags of `train` and `info` (which accepts the training ones, as it always has)."""
-  p.add_argument("--config", required=True, help="a config file (configs/*.py)")
+  p.add_argument("--config", required=required, help="a config file (configs/*.py)")
   p.add_argument("--workdir", default=None,
                  help="train: the run directory (checkpoints, metrics, results)")
   p.add_argument("--coordinator_address", "--coordinator-address", default=None,
@@ -95,9 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
               "by itself", epilog=overrides)
   _add_config_flags(p)
 
-  p = command("info", "print a parameter overview of a config's model (allocates nothing)",
-              epilog=overrides)
-  _add_config_flags(p)
+  p = command("info", "print a parameter overview of a config's model (allocates nothing), or "
+              "of a model bundle with what its manifest records", epilog=overrides)
+  _add_config_flags(p, required=False)
+  p.add_argument("--model", default=None, metavar="NAME|PATH",
+                 help="instead of --config: a bundle directory written by hybridflow export, or the "
+                      "name of a shipped model (e.g. small)")
 
   p = command("export", "write the inference bundle of a finished run (--workdir RUN --out "
               "MODEL_DIR)")

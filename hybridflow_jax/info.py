@@ -1,8 +1,12 @@
-"""Parameter overview of a config's model, computed from shapes alone (`jax.eval_shape`)."""
+"""Parameter overview of a config's model, computed from shapes alone (`jax.eval_shape`), and of a
+model bundle (its config's model, what it stores and what its manifest records)."""
 
 from __future__ import annotations
 
 import math
+import pathlib
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import ml_collections
@@ -40,4 +44,29 @@ def overview(cfg: ml_collections.ConfigDict, details: bool = False) -> str:
   vq = cfg.model.vq
   lines += ["", f"codebook K={vq.num_codes} x D={vq.embed_dim}, token stride {hf.STRIDE}, "
                 f"transformer {cfg.model.transformer.depth} x {cfg.model.transformer.dim}"]
+  return "\n".join(lines)
+
+
+def bundle_overview(path: pathlib.Path, b: Mapping[str, Any]) -> str:
+  """`overview` of a bundle's model (b: `codec.bundle.read`'s dict) and its manifest's record:
+  fingerprint, provenance, what it stores and its codeword prior."""
+  m, cfg = b["manifest"], ml_collections.ConfigDict(dict(b["config"]))
+  size = sum(f.stat().st_size for f in pathlib.Path(path).iterdir() if f.is_file())
+  stored = _count(b["params"])
+  lines = [overview(cfg), "",
+           f"{'model bundle':<16s} {path}",
+           f"{'fingerprint':<16s} {m['fingerprint'][:8]} ({m['fingerprint']})",
+           f"{'created':<16s} {m.get('created', '?')} by hybridflow-jax "
+           f"{m.get('hybridflow_jax', '?')}, entropy coder {m.get('entropy_coder', '?')}"]
+  source = m.get("source") or {}
+  if source:
+    lines.append(f"{'trained':<16s} {source.get('workdir', '?')}: stage {source.get('stage', '?')}, "
+                 f"step {source.get('step', '?')}; data {cfg.get('data', {}).get('train', '?')}")
+  lines.append(f"{'stores':<16s} {stored:,d} parameters (the networks that code and decode), "
+               f"{size / 2**20:.1f} MiB on disk")
+  prior = m.get("index_prior") or {}
+  if prior:
+    lines.append(f"{'codeword prior':<16s} {prior.get('prior_bits_per_index', float('nan')):.3f} "
+                 f"bits per index (uniform {prior.get('uniform_bits_per_index', float('nan')):.3f}), "
+                 f"counted on {prior.get('images', '?')} images of {prior.get('data', '?')}")
   return "\n".join(lines)

@@ -50,7 +50,7 @@ def test_config_overrides_reach_the_model():
 
 @pytest.mark.parametrize("args, message", [
     (("info", "--config", "configs/missing.py"), "cannot load --config"),
-    (("info",), "required: --config"),
+    (("info",), "give --config C (a config's model) or --model NAME|PATH"),
     (("info", "--config", "configs/tiny.py", "--config.stage=bogus"), "config.stage"),
     (("info", "--config", "configs/tiny.py", "--config.x.y=1"), "--config.x.y: the config has no"),
     (("info", "--config", "configs/tiny.py", "--config.model.transformer.window=8"),

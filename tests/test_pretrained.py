@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from hybridflow_jax import cli, pretrained
-from hybridflow_jax.codec import container
+from hybridflow_jax.codec import bundle, container
 from hybridflow_jax.codec.api import Codec
 from hybridflow_jax.codec.bundle import BundleError
 
@@ -131,4 +131,18 @@ def test_compress_and_decompress_use_the_shipped_default_without_model(
 def test_help_names_the_default_model(capsys):
   status, out, _ = hybridflow(capsys, "compress", "--help")
   assert status == 0 and "--model NAME|PATH" in out and "default: small" in " ".join(out.split())
+
+
+
+def test_info_of_a_model_names_its_fingerprint_and_what_it_stores(shipped, capsys):
+  status, out, err = hybridflow(capsys, "info", "--model", pretrained.DEFAULT)
+  assert status == 0, err
+  manifest = json.loads((shipped / "manifest.json").read_text())
+  assert manifest["fingerprint"] in out and "HybridFlow total" in out
+  # The bundle stores the networks that code and decode: G_vq and the light head stay behind.
+  count = sum(x.size for x in bundle.flatten(bundle.read(shipped)["params"]).values())
+  assert f"stores           {count:,d} parameters" in out
+  status, _, err = hybridflow(capsys, "info", "--model", shipped, "--config.seed=3")
+  assert status == 2 and err == ["hybridflow info: error: --config.seed=3: config overrides apply "
+                                 "to --config, not to a model bundle"]
 
