@@ -133,7 +133,6 @@ def test_help_names_the_default_model(capsys):
   assert status == 0 and "--model NAME|PATH" in out and "default: small" in " ".join(out.split())
 
 
-
 def test_info_of_a_model_names_its_fingerprint_and_what_it_stores(shipped, capsys):
   status, out, err = hybridflow(capsys, "info", "--model", pretrained.DEFAULT)
   assert status == 0, err
@@ -145,4 +144,3 @@ def test_info_of_a_model_names_its_fingerprint_and_what_it_stores(shipped, capsy
   status, _, err = hybridflow(capsys, "info", "--model", shipped, "--config.seed=3")
   assert status == 2 and err == ["hybridflow info: error: --config.seed=3: config overrides apply "
                                  "to --config, not to a model bundle"]
-
