@@ -65,6 +65,8 @@ def test_config_overrides_reach_the_model():
     (("plan", "--config", "configs/tiny.py", "--devices", "0"), "--devices must be in"),
     (("compress", "README.md", "never-written.hfc"), "README.md: not an image file this reads"),
     (("compress", "tests", "never-written.hfc"), "tests is a directory, not a file"),
+    (("compress", "README.md", "no-such-folder/x.hfc"),
+     "no-such-folder: no such directory (create it first)"),
     (("decompress", "never-there.hfc", "never-written.png"), "never-there.hfc: no such file"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, message):

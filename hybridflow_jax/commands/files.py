@@ -36,6 +36,8 @@ def check_output(path: str, force: bool) -> pathlib.Path:
     raise UserError(f"{out} is a directory")
   if out.exists() and not force:
     raise UserError(f"{out} exists (pass --force to replace it)")
+  if not out.parent.exists():
+    raise UserError(f"{out.parent}: no such directory (create it first)")
   if not out.parent.is_dir():
     raise UserError(f"{out.parent} is not a directory")
   return out
