@@ -2,7 +2,8 @@
 
 Used by the codec (`compress` accepts arrays and files) and by the data pipeline. Conversions:
 
-- greyscale, greyscale + alpha, palette and CMYK images become RGB;
+- greyscale, greyscale + alpha, palette and CMYK images become RGB (a greyscale image as R = G = B,
+  which the codec's files mark, so that it decodes grey again: no note);
 - an alpha channel (or palette transparency) is composited onto white;
 - 16-bit integer samples are scaled to 8 bits (v / 257, rounded), floats are taken as [0, 1];
 - files are oriented by their EXIF orientation tag.
@@ -49,8 +50,6 @@ def to_rgb8(a) -> tuple[np.ndarray, list[str]]:
     raise ValueError(f"not an image array: dtype {a.dtype}")
   channels = x.shape[-1]
   colour = x[..., :3] if channels >= 3 else np.repeat(x[..., :1], 3, axis=-1)
-  if channels <= 2:
-    notes.append("greyscale converted to RGB")
   if channels in (2, 4):
     alpha = x[..., -1:].astype(np.float32) / 255.0
     colour = np.round(colour * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)

@@ -33,10 +33,11 @@ from hybridflow_jax.models import hybridflow as hf
 
 @pytest.fixture(scope="session")
 def model_decode(codec):
-  """The model's own receiver (hybridflow.decode), jitted on its own: the reference for files."""
+  """The model's own receiver (hybridflow.decode), jitted on its own: the reference for files
+  (float [0, 1])."""
   fn = jax.jit(lambda p, i, k, y: hf.decode(codec.model, p, i[None], k[None], y[None])[0][0])
-  return lambda i, k, y: api.to_uint8(np.asarray(fn(codec.params, jnp.asarray(i),
-                                                    jnp.asarray(k), jnp.asarray(y))))
+  return lambda i, k, y: np.asarray(fn(codec.params, jnp.asarray(i), jnp.asarray(k),
+                                       jnp.asarray(y)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -113,9 +114,14 @@ def _check_round_trip(codec, model_decode, image, schedule="1_4"):
   np.testing.assert_array_equal(s.symbols["z"], lat.z)
   np.testing.assert_array_equal(s.symbols["y"], lat.residual)
   np.testing.assert_array_equal(s.y_hat(), lat.y_hat)
-  # ... and the file decodes bit-identically to the model's own decode of those indices and latents.
+  # ... and the file decodes bit-identically to the model's own decode of those indices and latents
+  # (for an image with R = G = B, a greyscale file, the mean of its channels).
+  grey = bool(np.all(rgb == rgb[..., :1]))
+  assert s.grey == grey == container.unpack(data).grey
   reference = model_decode(np.where(keep, lat.indices, 0), keep, lat.y_hat)
-  np.testing.assert_array_equal(decoded, reference[:rgb.shape[0], :rgb.shape[1]])
+  reference = reference[:rgb.shape[0], :rgb.shape[1]]
+  np.testing.assert_array_equal(decoded, api.to_uint8(api.greyscale(reference) if grey
+                                                      else reference))
   return data, decoded
 
 
@@ -142,17 +148,38 @@ def test_round_trip_one_pixel(codec, model_decode):
   assert container.unpack(data).height == 1
 
 
-def test_round_trip_grey_rgba_and_16_bit_with_notices(codec, model_decode, photos):
+def test_round_trip_rgba_and_16_bit_with_notices(codec, model_decode, photos):
   photo = photos["coffee"][:97, :131]
-  grey = photo.mean(-1).astype(np.uint8)
   rgba = np.concatenate([photo, np.full((97, 131, 1), 255, np.uint8)], -1)
   deep = photo.astype(np.uint16) * 257
-  for image, note in ((grey, "greyscale"), (rgba, "alpha"), (deep, "16-bit")):
+  for image, note in ((rgba, "alpha"), (deep, "16-bit")):
     with pytest.warns(ConversionNotice, match=note):
       codec.compress(image)
     _check_round_trip(codec, model_decode, image)
   # 16-bit samples that are exact 8-bit values code exactly like the 8-bit image.
   assert codec.compress(deep) == codec.compress(photo)
+
+
+def test_a_greyscale_image_decodes_grey(codec, model_decode, photos):
+  # [H, W] and the same image as R = G = B write the same greyscale file, without a notice; it
+  # decodes with R = G = B (the networks' colour rendering averaged), closer to the image than the
+  # colour rendering, at the size of the colour file (the flag is a header bit).
+  grey = photos["coffee"][:97, :131].mean(-1).astype(np.uint8)
+  as_rgb = np.repeat(grey[..., None], 3, -1)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", ConversionNotice)
+    data = codec.compress(grey)
+  assert data == codec.compress(as_rgb) and container.unpack(data).grey
+  _, decoded = _check_round_trip(codec, model_decode, grey)
+  assert np.all(decoded == decoded[..., :1])
+  f = codec.read_symbols(data)
+  colour = codec.render(f.index_grid(), f.keep, f.y_hat(), f.height, f.width)
+  error = lambda a: np.mean((a.astype(np.float64) - as_rgb) ** 2)
+  assert error(decoded) < error(colour)
+  # A colour image that is grey but for one pixel is a colour file.
+  tinted = as_rgb.copy()
+  tinted[5, 7, 0] ^= 1
+  assert not container.unpack(codec.compress(tinted)).grey
 
 
 def test_real_file_bits_match_the_model_estimate_within_one_percent(codec, photos):

@@ -31,7 +31,7 @@ bitstreams = st.builds(
     Bitstream,
     height=st.integers(1, 2**16), width=st.integers(1, 2**16),
     fingerprint=st.binary(min_size=4, max_size=4), schedule=st.integers(0, 15),
-    sections=st.lists(st.binary(max_size=300), max_size=7))
+    sections=st.lists(st.binary(max_size=300), max_size=7), grey=st.booleans())
 
 
 @settings(max_examples=300, deadline=None)
@@ -52,6 +52,17 @@ def test_header_of_a_typical_image():
   assert header_size(typical()) == 20
   assert header_size(typical(sections=(100, 90, 500))) == 18
   assert header_size(Bitstream(64, 64, FP, container.SCHEDULE_DYNAMIC, [b"x"])) == 14
+
+
+def test_the_greyscale_flag_is_bit_4_of_the_layout_byte():
+  # Bit 4 was reserved (readers refused files with it set); it now marks greyscale images, and
+  # a colour file's bytes are what they were before.
+  colour = typical()
+  grey = Bitstream(**{**vars(colour), "grey": True})
+  a, b = pack(colour), pack(grey)
+  assert a[3] == 3 << 5 | 2 and b[3] == a[3] | 0x10
+  assert a[4:-4] == b[4:-4] and len(a) == len(b)
+  assert unpack(b).grey and not unpack(a).grey
 
 
 def test_empty_input():
@@ -119,7 +130,6 @@ def test_malformed_fields_behind_a_valid_checksum():
   head = b"HF\x01"
   cases = {
       "unsupported format version 2": b"HF\x02" + bytes(20),
-      "reserved layout bit": head + b"\x30\x40\x40" + FP + b"xx",
       "implausible image size 131072x64": head + b"\x20\x80\x80\x08\x40" + FP,
       "implausible image size 64x0": head + b"\x20\x40\x00" + FP,
       "non-minimal varint for the height": head + b"\x20\xc0\x00\x40" + FP,

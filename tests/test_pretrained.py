@@ -128,6 +128,18 @@ def test_compress_and_decompress_use_the_shipped_default_without_model(
   assert np.asarray(Image.open(png)).shape == (32, 48, 3)
 
 
+def test_a_greyscale_photo_comes_back_greyscale(shipped, photo, tmp_path, capsys):
+  grey, hfc, png = tmp_path / "grey.png", tmp_path / "grey.hfc", tmp_path / "back.png"
+  Image.open(photo).convert("L").save(grey)
+  status, out, err = hybridflow(capsys, "compress", grey, hfc)
+  assert status == 0 and err == [], err  # no conversion note: it stays greyscale
+  assert container.unpack(hfc.read_bytes()).grey
+  status, out, err = hybridflow(capsys, "decompress", hfc, png)
+  assert status == 0 and json.loads(out)["channels"] == 1, err
+  with Image.open(png) as back:
+    assert back.mode == "L" and back.size == (48, 32)
+
+
 def test_help_names_the_default_model(capsys):
   status, out, _ = hybridflow(capsys, "compress", "--help")
   assert status == 0 and "--model NAME|PATH" in out and "default: small" in " ".join(out.split())

@@ -3,7 +3,7 @@
     from hybridflow_jax import Codec
     codec = Codec.load("small")                       # a shipped model's name, or a bundle dir
     data = codec.compress(image, schedule="1_4")      # or target_bpp=0.03
-    image = codec.decompress(data)                     # uint8 [H, W, 3]
+    image = codec.decompress(data)                     # uint8 [H, W, 3] (R = G = B if grey)
 
 A file is a small container (`container`) around one payload whose streams `payload.PAYLOAD`
 declares, in order; `docs/bitstream.md` describes both. The sender runs its networks once per image
@@ -44,7 +44,7 @@ from hybridflow_jax.models import masking
 from hybridflow_jax.models.hyperprior import HYPER_STRIDE
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DYNAMIC_ALLOCATIONS", "Codec", "CodecError", "Compressed",
-           "ConversionNotice", "FormatError", "RateError", "summary", "to_uint8"]
+           "ConversionNotice", "FormatError", "RateError", "greyscale", "summary", "to_uint8"]
 
 DYNAMIC_ALLOCATIONS = schedules.DYNAMIC_ALLOCATIONS
 
@@ -186,18 +186,29 @@ class Codec:
     return files.read(data, self.coding, self.fingerprint, self.max_pixels)
 
   def render(self, indices: np.ndarray, keep: np.ndarray, y_hat: np.ndarray, height: int,
-             width: int) -> np.ndarray:
-    """The receiver's networks: uint8 [height, width, 3] from sent indices and y_hat."""
-    return to_uint8(self.networks.render(indices, keep, y_hat)[:height, :width])
+             width: int, grey: bool = False) -> np.ndarray:
+    """The receiver's networks: uint8 [height, width, 3] from sent indices and y_hat. grey: the
+    mean of the three channels in each (a greyscale file: its source had R = G = B, which the
+    networks, made for colour, do not keep exactly)."""
+    image = self.networks.render(indices, keep, y_hat)[:height, :width]
+    return to_uint8(greyscale(image) if grey else image)
 
   def decompress(self, data: bytes) -> np.ndarray:
-    """The image (uint8 [H, W, 3]) of a file `compress` wrote with this model.
+    """The image (uint8 [H, W, 3]) of a file `compress` wrote with this model; a greyscale file's
+    (an image with R = G = B, `parse(data).grey`) has R = G = B too.
 
     Raises FormatError (not a file of this model, corrupt, truncated) or CodecError (a stream that
     does not decode), each with a one-line message.
     """
     f = self.read_symbols(data)
-    return self.render(f.index_grid(), f.keep, f.y_hat(), f.height, f.width)
+    return self.render(f.index_grid(), f.keep, f.y_hat(), f.height, f.width, grey=f.grey)
+
+
+def greyscale(image: np.ndarray) -> np.ndarray:
+  """float [H, W, 3] -> the mean of its three channels, in each of them: how a greyscale file's
+  rendering becomes grey."""
+  image = np.asarray(image, np.float32)
+  return np.repeat(np.mean(image, axis=-1, keepdims=True, dtype=np.float32), 3, axis=-1)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -7,7 +7,8 @@ lets a reader reject other files, other models and corrupt bytes. Layout (versio
 |------------------|-----------------------|------------------------------------------------------------|
 | magic            | 2                     | b"HF"                                                      |
 | version          | 1                     | 1                                                          |
-| layout           | 1                     | bits 7-5: number of sections n (0-7); bit 4: reserved, 0;  |
+| layout           | 1                     | bits 7-5: number of sections n (0-7); bit 4: greyscale     |
+|                  |                       | (R = G = B everywhere; decoders give grey);                |
 |                  |                       | bits 3-0: schedule id, 0-14 fixed, 15 = dynamic (the       |
 |                  |                       | per-region ids then live in a section)                     |
 | height           | 1-3                   | LEB128 varint, 1..65536 pixels                             |
@@ -29,7 +30,7 @@ told apart: a valid checksum ends before the end of the input).
 `unpack` checks, in this order, and raises `FormatError` with one line for the first failure:
 empty input; bad magic ("not a HybridFlow file"); unsupported version; too short ("truncated");
 checksum (corrupt or truncated, or trailing garbage when a valid checksum ends earlier); malformed
-or implausible header fields (reserved bit, non-minimal varints, sizes above 2**16, section lengths
+or implausible header fields (non-minimal varints, sizes above 2**16, section lengths
 beyond the data, payload without sections); fingerprint ("made with another model"). It only
 slices the input, never allocates from a length it read, and runs in time linear in the input.
 """
@@ -68,6 +69,7 @@ class Bitstream:
   fingerprint: 4 bytes identifying the model bundle that made (and can decode) the file.
   schedule: 0..14 a fixed schedule id, or SCHEDULE_DYNAMIC (per-region ids in a section).
   sections: up to 7 opaque payloads, in order.
+  grey: the image is greyscale (every pixel has R = G = B): decoders give one channel.
   """
 
   height: int
@@ -75,6 +77,12 @@ class Bitstream:
   fingerprint: bytes
   schedule: int
   sections: list[bytes] = dataclasses.field(default_factory=list)
+  grey: bool = False
+
+
+# Layout byte: bit 4 was reserved (and refused when set) until the greyscale flag took it, so
+# readers from before it refuse greyscale files with "reserved layout bit is set".
+GREY_BIT = 0x10
 
 
 def _varint(value: int) -> bytes:
@@ -122,7 +130,7 @@ def pack(bs: Bitstream) -> bytes:
     raise ValueError(f"at most {MAX_SECTIONS} sections fit the format, got {len(sections)}")
   out = bytearray(MAGIC)
   out.append(VERSION)
-  out.append(len(sections) << 5 | bs.schedule)
+  out.append(len(sections) << 5 | (GREY_BIT if bs.grey else 0) | bs.schedule)
   out += _varint(bs.height) + _varint(bs.width) + fingerprint
   for s in sections[:-1]:
     out += _varint(len(s))
@@ -186,8 +194,6 @@ def unpack(data: bytes, expected_fingerprint: bytes | None = None) -> Bitstream:
 def _parse(body: bytes, expected_fingerprint: bytes | None) -> Bitstream:
   """Header and sections of a checksum-verified file (without its checksum)."""
   layout = body[3]
-  if layout & 0x10:
-    raise FormatError("unsupported feature: reserved layout bit is set")
   num_sections, schedule = layout >> 5, layout & 0x0F
   pos = 4
   height, pos = _read_varint(body, pos, 3, "height")
@@ -217,4 +223,4 @@ def _parse(body: bytes, expected_fingerprint: bytes | None) -> Bitstream:
     raise FormatError(f"made with another model (fingerprint {fingerprint.hex()}, this model is "
                       f"{bytes(expected_fingerprint).hex()})")
   return Bitstream(height=height, width=width, fingerprint=fingerprint, schedule=schedule,
-                   sections=sections)
+                   sections=sections, grey=bool(layout & GREY_BIT))

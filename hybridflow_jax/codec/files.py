@@ -41,7 +41,7 @@ def write(frame: payload.Frame, fingerprint: bytes, budget: float | None = None)
   """The file of a sender's frame (see `payload.write`), made by the model of `fingerprint`."""
   body = payload.write(frame)
   bs = container.Bitstream(frame.height, frame.width, fingerprint,
-                           schedules.wire_id(frame.schedule), [body])
+                           schedules.wire_id(frame.schedule), [body], grey=frame.grey)
   data = container.pack(bs)
   bits = {"file": 8.0 * len(data), "header": 8.0 * (len(data) - len(body)), **payload.bits(frame)}
   return Compressed(data=data, height=frame.height, width=frame.width, schedule=frame.schedule,
@@ -69,5 +69,5 @@ def read(data: bytes, model: payload.CodingModel, fingerprint: bytes,
   """The receiver's frame of a file, every stream decoded (see `payload.read`); raises FormatError
   or CodecError with one line."""
   bs = parse(data, fingerprint, max_pixels)
-  frame = payload.Frame(model, bs.height, bs.width, schedules.from_wire(bs.schedule))
+  frame = payload.Frame(model, bs.height, bs.width, schedules.from_wire(bs.schedule), grey=bs.grey)
   return payload.read(bs.sections[0], frame)

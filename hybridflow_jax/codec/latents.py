@@ -26,6 +26,7 @@ class Latents:
   model_bits: tuple[float, float] | None = None  # the model's (y, z) estimate, once computed
   # Rate-distortion dynamic masking's per-candidate region errors [S, rh, rw], once computed.
   region_distortion: np.ndarray | None = None
+  grey: bool = False       # every pixel has R = G = B: the file says so, and decoders give grey
 
   @property
   def y_hat(self) -> np.ndarray:
@@ -39,7 +40,7 @@ class Latents:
     if choice is not None:
       symbols["side"] = choice
     frame = payload.Frame(model, self.height, self.width, schedule, symbols,
-                          entropy=(self.mean, self.scale_index))
+                          entropy=(self.mean, self.scale_index), grey=self.grey)
     frame.symbols["indices"] = self.indices[frame.keep]
     return frame
 
@@ -52,5 +53,6 @@ def analyze(rgb: np.ndarray, model: payload.CodingModel, networks: Networks) -> 
   indices, y, z = networks.analyze(x)
   mean, scale_index = model.entropy_parameters(z, grid)
   residual = np.round(y - mean).astype(np.int64)
+  grey = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
   return Latents(image=x, height=height, width=width, indices=indices, z=z, residual=residual,
-                 mean=mean, scale_index=scale_index)
+                 mean=mean, scale_index=scale_index, grey=grey)

@@ -55,7 +55,8 @@ class Frame:
   """One file as both sides see it while coding: the header's facts, and the streams' symbols by
   stream name (`symbols`: all of them for the sender, those decoded so far for the receiver).
 
-  height, width: image size in pixels; schedule: a name of `schedules.ALL`.
+  height, width: image size in pixels; schedule: a name of `schedules.ALL`; grey: the image is
+    greyscale (the container's flag; no stream depends on it).
   entropy: (mean, table row) of y, which the sender has already computed; the receiver leaves it
     None and it is computed from the z stream on first use.
   """
@@ -66,6 +67,7 @@ class Frame:
   schedule: str
   symbols: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   entropy: tuple[np.ndarray, np.ndarray] | None = None
+  grey: bool = False
 
   @property
   def grid(self) -> tuple[int, int]:

@@ -36,7 +36,7 @@ def run(ns) -> None:
     if data.startswith(signature):
       raise UserError(f"{ns.input} is {what}, not a HybridFlow file (compress it first)")
   with reported_as_user_errors(container.FormatError, prefix=f"{ns.input}: "):
-    container.unpack(data, expected_fingerprint=_bundle_fingerprint(model))
+    header = container.unpack(data, expected_fingerprint=_bundle_fingerprint(model))
   # The one deferred import of the command line: the file is sound and made by this model, so
   # now (and only now) load jax and the codec.
   from hybridflow_jax.codec import programs
@@ -46,8 +46,11 @@ def run(ns) -> None:
                        program_cache=programs.default_dir())
   with reported_as_user_errors(CodecError, container.FormatError, prefix=f"{ns.input}: "):
     image = codec.decompress(data)
-  files.write_atomically(out, lambda p: Image.fromarray(image).save(p, format=fmt))
-  print(json.dumps({"output": str(out), "width": image.shape[1], "height": image.shape[0]}))
+  # A greyscale file (its source had R = G = B) is written with one channel, as it came.
+  picture = Image.fromarray(image[..., 0] if header.grey else image)
+  files.write_atomically(out, lambda p: picture.save(p, format=fmt))
+  print(json.dumps({"output": str(out), "width": image.shape[1], "height": image.shape[0],
+                    "channels": 1 if header.grey else 3}))
 
 
 def _bundle_fingerprint(model_dir: pathlib.Path) -> bytes:

@@ -46,7 +46,7 @@ from matplotlib.figure import Figure
 from hybridflow_jax import schedules as schedules_lib
 from hybridflow_jax.codec import bundle as bundle_lib
 from hybridflow_jax.codec import container, payload
-from hybridflow_jax.codec.api import Codec, to_uint8
+from hybridflow_jax.codec.api import Codec, greyscale, to_uint8
 from hybridflow_jax.codec.coder import Decoder, Encoder
 from hybridflow_jax.data import pipeline
 from hybridflow_jax.errors import UserError
@@ -89,7 +89,11 @@ class _Decoders:
     out = self._render(self.params, jnp.asarray(frame.index_grid()), jnp.asarray(frame.keep),
                        jnp.asarray(frame.y_hat()))
     tokens = np.asarray(out.pop("tokens"))
-    images = {k: to_uint8(np.asarray(v)[:frame.height, :frame.width]) for k, v in out.items()}
+    images = {}
+    for name, image in out.items():
+      image = np.asarray(image)[:frame.height, :frame.width]
+      # A greyscale file renders grey in every row, as Codec.decompress renders it.
+      images[name] = to_uint8(greyscale(image) if frame.grey else image)
     return images, tokens
 
 
@@ -130,7 +134,7 @@ class ContinuousOnlyCodec:
       stream = next(s for s in payload.PAYLOAD if s.name == name)
       stream.coding(frame).encode(enc, frame.symbols[name])
     bs = container.Bitstream(lat.height, lat.width, self.codec.fingerprint,
-                             schedules_lib.wire_id("1_1"), [enc.finish()])
+                             schedules_lib.wire_id("1_1"), [enc.finish()], grey=lat.grey)
     return container.pack(bs)
 
   def decompress(self, data: bytes) -> np.ndarray:
@@ -140,8 +144,9 @@ class ContinuousOnlyCodec:
     for name in ("z", "y"):
       stream = next(s for s in payload.PAYLOAD if s.name == name)
       frame.symbols[name] = stream.coding(frame).decode(dec)
-    image = self._synthesize(self.params, jnp.asarray(frame.y_hat()))
-    return to_uint8(np.asarray(image)[:bs.height, :bs.width])
+    image = np.asarray(self._synthesize(self.params, jnp.asarray(frame.y_hat())))
+    image = image[:bs.height, :bs.width]
+    return to_uint8(greyscale(image) if bs.grey else image)
 
 
 def load(workdir, *, baseline_workdir=None, prior_images: int | None = 1000,
