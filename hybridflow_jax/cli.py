@@ -95,12 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
               "by itself", epilog=overrides)
   _add_config_flags(p)
 
-  p = command("info", "print a parameter overview of a config's model (allocates nothing), or "
-              "of a model bundle with what its manifest records", epilog=overrides)
+  p = command("info", "print a parameter overview of a config's model (allocates nothing), "
+              "of a model bundle with what its manifest records, or a HybridFlow file's header",
+              epilog=overrides)
   _add_config_flags(p, required=False)
   p.add_argument("--model", default=None, metavar="NAME|PATH",
                  help="instead of --config: a bundle directory written by hybridflow export, or the "
-                      "name of a shipped model (e.g. small)")
+                      "name of a shipped model (e.g. small); with --file, the model to check the "
+                      "file against")
+  p.add_argument("--file", default=None, metavar="X.hfc",
+                 help="a HybridFlow file: its size, schedule, greyscale flag and the model that "
+                      "made it (nothing is decoded)")
 
   p = command("export", "write the inference bundle of a finished run (--workdir RUN --out "
               "MODEL_DIR)")

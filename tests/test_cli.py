@@ -48,9 +48,39 @@ def test_config_overrides_reach_the_model():
   assert quantizer.split()[-1] == f"{128 * 16:,d}"
 
 
+def test_info_of_a_file_reads_its_header_without_jax(tmp_path):
+  # A file in the shipped model's name (its fingerprint; the payload is never decoded here).
+  from hybridflow_jax import pretrained
+  from hybridflow_jax.codec import container
+  manifest = (pretrained.ROOT / "small" / "manifest.json").read_text()
+  fingerprint = bytes.fromhex(__import__("json").loads(manifest)["fingerprint"])[:4]
+  path = tmp_path / "x.hfc"
+  path.write_bytes(container.pack(container.Bitstream(512, 768, fingerprint, 3, [bytes(1000)],
+                                                      grey=True)))
+  probe = ("import sys; from hybridflow_jax import cli\n"
+           "try:\n  cli.main(sys.argv[1:])\n"
+           "finally:\n  print('jax loaded' if 'jax' in sys.modules else 'no jax', file=sys.stderr)")
+  r = subprocess.run([sys.executable, "-c", probe, "info", "--file", str(path)],
+                     capture_output=True, text=True, timeout=60, cwd=ROOT)
+  assert r.returncode == 0 and r.stderr.strip() == "no jax", r.stderr
+  lines = r.stdout.splitlines()
+  assert lines[0].endswith(f"x.hfc: {path.stat().st_size:,d} bytes, 768x512 pixels, "
+                           f"{8 * path.stat().st_size / (768 * 512):.5f} bpp")
+  assert "schedule 1_9, greyscale; header 16 bytes, payload 1,000 bytes" in lines[1]
+  assert lines[2].endswith(f"fingerprint {fingerprint.hex()}: the shipped model small")
+  path.write_bytes(container.pack(container.Bitstream(8, 8, b"abcd", 2, [b"x"])))
+  r = hybridflow("info", "--file", path)
+  assert r.returncode == 0 and "colour" in r.stdout and "not a model shipped" in r.stdout
+  r = hybridflow("info", "--file", path, "--model", "small")
+  assert r.returncode == 2 and "made with another model (fingerprint 61626364" in r.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (("info", "--config", "configs/missing.py"), "cannot load --config"),
-    (("info",), "give --config C (a config's model) or --model NAME|PATH"),
+    (("info",), "give --config C (a config's model), --model NAME|PATH (a model bundle) or "
+                "--file X.hfc"),
+    (("info", "--file", "README.md"), "README.md: not a HybridFlow file"),
+    (("info", "--file", "x.hfc", "--config", "configs/tiny.py"), "--file takes no --config"),
     (("info", "--config", "configs/tiny.py", "--config.stage=bogus"), "config.stage"),
     (("info", "--config", "configs/tiny.py", "--config.x.y=1"), "--config.x.y: the config has no"),
     (("info", "--config", "configs/tiny.py", "--config.model.transformer.window=8"),
