@@ -170,6 +170,7 @@ def test_a_greyscale_image_decodes_grey(codec, model_decode, photos):
     warnings.simplefilter("error", ConversionNotice)
     data = codec.compress(grey)
   assert data == codec.compress(as_rgb) and container.unpack(data).grey
+  assert codec.compress_detailed(grey).grey and not codec.compress_detailed(photos["coffee"]).grey
   _, decoded = _check_round_trip(codec, model_decode, grey)
   assert np.all(decoded == decoded[..., :1])
   f = codec.read_symbols(data)

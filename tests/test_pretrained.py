@@ -133,6 +133,7 @@ def test_a_greyscale_photo_comes_back_greyscale(shipped, photo, tmp_path, capsys
   Image.open(photo).convert("L").save(grey)
   status, out, err = hybridflow(capsys, "compress", grey, hfc)
   assert status == 0 and err == [], err  # no conversion note: it stays greyscale
+  assert json.loads(out)["channels"] == 1
   assert container.unpack(hfc.read_bytes()).grey
   status, out, err = hybridflow(capsys, "decompress", hfc, png)
   assert status == 0 and json.loads(out)["channels"] == 1, err

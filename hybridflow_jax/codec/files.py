@@ -20,7 +20,8 @@ class Compressed:
   of indices sent. bits: real sizes in bits ("file", "header" = container bytes that are not
   payload) and the tables' ideal cost of each stream of the payload (`payload.bits`: "z", "y",
   "side", "indices"; no stream termination). budget: the dynamic target keep ratio, if dynamic.
-  keep: [h, w] bool, which codeword indices were sent.
+  keep: [h, w] bool, which codeword indices were sent. grey: the file is marked greyscale (the
+  image had R = G = B; it decodes grey).
   """
 
   data: bytes
@@ -31,6 +32,7 @@ class Compressed:
   bits: dict[str, float]
   budget: float | None = None
   keep: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+  grey: bool = False
 
   @property
   def bpp(self) -> float:
@@ -45,7 +47,8 @@ def write(frame: payload.Frame, fingerprint: bytes, budget: float | None = None)
   data = container.pack(bs)
   bits = {"file": 8.0 * len(data), "header": 8.0 * (len(data) - len(body)), **payload.bits(frame)}
   return Compressed(data=data, height=frame.height, width=frame.width, schedule=frame.schedule,
-                    keep_ratio=float(frame.keep.mean()), bits=bits, budget=budget, keep=frame.keep)
+                    keep_ratio=float(frame.keep.mean()), bits=bits, budget=budget, keep=frame.keep,
+                    grey=frame.grey)
 
 
 def parse(data: bytes, fingerprint: bytes, max_pixels: int) -> container.Bitstream:

@@ -46,7 +46,8 @@ def run(ns) -> None:
   files.write_atomically(out, lambda p: p.write_bytes(result.data))
   print(json.dumps({"output": str(out), "width": result.width, "height": result.height,
                     "schedule": result.schedule, "bytes": len(result.data),
-                    "bpp": round(result.bpp, 5), "keep_ratio": round(result.keep_ratio, 4)}))
+                    "bpp": round(result.bpp, 5), "keep_ratio": round(result.keep_ratio, 4),
+                    "channels": 1 if result.grey else 3}))
 
 
 def _check_pixels(name: str, data: bytes, limit: int) -> None:
