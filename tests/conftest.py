@@ -149,10 +149,18 @@ def images():
   return jax.numpy.asarray(np.stack(crops).astype(np.float32) / 255.0)
 
 
+# Modules whose tests run training processes of their own (the launcher test alone takes about a
+# minute and a half): scheduled first, so that the two workers end on short tests together rather
+# than one of them starting such a test when the other is nearly done.
+FIRST = ("test_train.py",)
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
   """Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`): every test that needs the tiny
-  training run goes to the same worker, so the run is trained once, not once per worker."""
+  training run goes to the same worker, so the run is trained once, not once per worker; the
+  long-running modules of FIRST are scheduled first."""
   for item in items:
     if "tiny_run" in getattr(item, "fixturenames", ()):
       item.add_marker(pytest.mark.xdist_group("tiny_run"))
+  items.sort(key=lambda item: item.path.name not in FIRST)  # stable: the order is kept otherwise
