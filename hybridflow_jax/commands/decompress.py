@@ -9,7 +9,6 @@ file is refused in a fraction of a second.
 from __future__ import annotations
 
 import json
-import pathlib
 
 from PIL import Image
 
@@ -36,7 +35,7 @@ def run(ns) -> None:
     if data.startswith(signature):
       raise UserError(f"{ns.input} is {what}, not a HybridFlow file (compress it first)")
   with reported_as_user_errors(container.FormatError, prefix=f"{ns.input}: "):
-    header = container.unpack(data, expected_fingerprint=_bundle_fingerprint(model))
+    header = container.unpack(data, expected_fingerprint=files.bundle_fingerprint(model))
   # The one deferred import of the command line: the file is sound and made by this model, so
   # now (and only now) load jax and the codec.
   from hybridflow_jax.codec import programs
@@ -51,15 +50,3 @@ def run(ns) -> None:
   files.write_atomically(out, lambda p: picture.save(p, format=fmt))
   print(json.dumps({"output": str(out), "width": image.shape[1], "height": image.shape[0],
                     "channels": 1 if header.grey else 3}))
-
-
-def _bundle_fingerprint(model_dir: pathlib.Path) -> bytes:
-  """The file fingerprint of the bundle at `model_dir`, from its manifest alone (no jax)."""
-  manifest = model_dir / "manifest.json"
-  if not manifest.is_file():
-    raise UserError(f"no model bundle at {model_dir} (no manifest.json; make one with "
-                    "hybridflow export)")
-  try:
-    return bytes.fromhex(json.loads(manifest.read_text())["fingerprint"])[:container.FINGERPRINT_BYTES]
-  except (ValueError, KeyError, TypeError):
-    raise UserError(f"{manifest}: damaged manifest") from None

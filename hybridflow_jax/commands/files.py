@@ -7,11 +7,13 @@ and renamed, so a failure leaves no partial file.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from collections.abc import Callable
 
 from hybridflow_jax import pretrained
+from hybridflow_jax.codec import container
 from hybridflow_jax.codec.bundle import BundleError
 from hybridflow_jax.errors import UserError, reported_as_user_errors
 
@@ -27,6 +29,18 @@ def model_dir(model: str | None) -> pathlib.Path:
                     "with this install; pass --model NAME|PATH (a bundle made with hybridflow "
                     "export)")
   return pretrained.ROOT / pretrained.DEFAULT
+
+
+def bundle_fingerprint(model_dir: pathlib.Path) -> bytes:
+  """The file fingerprint of the bundle at `model_dir`, from its manifest alone (no jax)."""
+  manifest = model_dir / "manifest.json"
+  if not manifest.is_file():
+    raise UserError(f"no model bundle at {model_dir} (no manifest.json; make one with "
+                    "hybridflow export)")
+  try:
+    return bytes.fromhex(json.loads(manifest.read_text())["fingerprint"])[:container.FINGERPRINT_BYTES]
+  except (ValueError, KeyError, TypeError):
+    raise UserError(f"{manifest}: damaged manifest") from None
 
 
 def check_output(path: str, force: bool) -> pathlib.Path:

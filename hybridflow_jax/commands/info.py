@@ -5,9 +5,6 @@ made it (read without jax: nothing is decoded)."""
 
 from __future__ import annotations
 
-import json
-import pathlib
-
 from hybridflow_jax import config_io, pretrained, schedules
 from hybridflow_jax.codec import bundle, container
 from hybridflow_jax.commands import files
@@ -35,23 +32,10 @@ def run(ns) -> None:
     print(info.bundle_overview(path, bundle.read(path)))
 
 
-def _fingerprint(model_dir: pathlib.Path) -> bytes | None:
-  """The file fingerprint a bundle writes (from its manifest), or None if it has none."""
-  try:
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    return bytes.fromhex(manifest["fingerprint"])[:container.FINGERPRINT_BYTES]
-  except (OSError, ValueError, KeyError, TypeError):
-    return None
-
-
 def file_overview(name: str, data: bytes, model: str | None = None) -> str:
   """What a HybridFlow file's header says (checksum and fields checked, nothing decoded), and
   which model made it: the shipped one whose fingerprint it carries, or `model`'s (checked)."""
-  expected = None
-  if model is not None:
-    expected = _fingerprint(files.model_dir(model))
-    if expected is None:
-      raise UserError(f"{model}: no model bundle there (no readable manifest.json)")
+  expected = None if model is None else files.bundle_fingerprint(files.model_dir(model))
   with reported_as_user_errors(container.FormatError, prefix=f"{name}: "):
     bs = container.unpack(data, expected_fingerprint=expected)
     try:
@@ -63,7 +47,7 @@ def file_overview(name: str, data: bytes, model: str | None = None) -> str:
     made_by = f"{model} (checked)"
   else:
     shipped = [n for n in pretrained.available()
-               if _fingerprint(pretrained.ROOT / n) == bs.fingerprint]
+               if files.bundle_fingerprint(pretrained.ROOT / n) == bs.fingerprint]
     made_by = (f"the shipped model {shipped[0]}" if shipped else
                "not a model shipped with this install (decode it with --model PATH)")
   lines = [
