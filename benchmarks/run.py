@@ -285,17 +285,27 @@ if size:
   else:
     codec.decompress(open(path, "rb").read())
 peak = status("VmHWM")
-# What XLA allocates for the program's intermediates (RSS also holds the compiler's own peak).
+# What XLA allocates for the intermediates of the programs that run (RSS also holds the
+# compiler's own peak): the largest of them, by name.
 import jax, jax.numpy as jnp
+from hybridflow_jax.codec import networks, tiling
 n, h = codec.networks, -(-size // 16)
+S = jax.ShapeDtypeStruct
+grid = (S((h, h), jnp.int32), S((h, h), bool), S((h, h, codec.latent_channels), jnp.float32))
 if direction == "compress":
-  program = n._analysis.lower(n.params, jax.ShapeDtypeStruct((1, 16 * h, 16 * h, 3), jnp.float32))
+  programs = {"analysis": jax.jit(n._analysis).lower(n.params, S((1, 16 * h, 16 * h, 3), jnp.float32))}
+elif n.window_halo is None or h <= networks.WINDOW:
+  programs = {"render": jax.jit(n._render).lower(n.params, *grid)}
 else:
-  program = n._render.lower(n.params, jax.ShapeDtypeStruct((h, h), jnp.int32),
-                            jax.ShapeDtypeStruct((h, h), bool),
-                            jax.ShapeDtypeStruct((h, h, codec.latent_channels), jnp.float32))
-temp = program.compile().memory_analysis().temp_size_in_bytes
-print(json.dumps({"rss_before_kib": before, "rss_peak_kib": peak, "xla_temp_bytes": temp}))
+  w = tiling.spans(h, networks.WINDOW, n.window_halo)[0].size
+  f = jax.jit(n._render_features).lower(n.params, *grid)
+  c = f.out_info.shape[-1]
+  per = 16 // 2 ** networks.WINDOW_LEVEL
+  programs = {"render_features": f, "render_from": jax.jit(n._render_from).lower(
+      n.params, S((w * per, w * per, c), jnp.float32), S((w, w, codec.latent_channels), jnp.float32))}
+temps = {k: p.compile().memory_analysis().temp_size_in_bytes for k, p in programs.items()}
+print(json.dumps({"rss_before_kib": before, "rss_peak_kib": peak,
+                  "xla_temp_bytes": max(temps.values()), "xla_temp_bytes_by_program": temps}))
 """
 
 
@@ -317,7 +327,9 @@ def large_image_memory(model: str, size: int, log) -> dict:
       out[direction] = {"peak_rss_mib": m["rss_peak_kib"] / 1024,
                         "above_loaded_model_mib": extra / 2**20,
                         "float32_rgb_image_copies": extra / (size * size * 3 * 4),
-                        "xla_intermediates_mib": m["xla_temp_bytes"] / 2**20}
+                        "xla_intermediates_mib": m["xla_temp_bytes"] / 2**20,
+                        "xla_intermediates_mib_by_program": {
+                            k: v / 2**20 for k, v in m["xla_temp_bytes_by_program"].items()}}
       log(f"{size}x{size} {direction}: +{extra / 2**20:.0f} MiB over the loaded model")
   return out
 

@@ -48,8 +48,9 @@ __all__ = ["DEFAULT_MAX_PIXELS", "DYNAMIC_ALLOCATIONS", "Codec", "CodecError", "
 
 DYNAMIC_ALLOCATIONS = schedules.DYNAMIC_ALLOCATIONS
 
-# Images above this many pixels are refused (not tiled): the decoder's activations at full
-# resolution grow with the pixel count. 2**24 is 4096 x 4096; raise it with `max_pixels`.
+# Images above this many pixels are refused: the encoder's activations at full resolution grow
+# with the pixel count (the decoder renders large images in windows: `networks.render_windows`).
+# 2**24 is 4096 x 4096; raise it with `max_pixels`.
 DEFAULT_MAX_PIXELS = 2**24
 
 

@@ -14,9 +14,17 @@ import ml_collections
 import numpy as np
 
 from hybridflow_jax import schedules
+from hybridflow_jax.codec import tiling
 from hybridflow_jax.codec.programs import Programs
+from hybridflow_jax.config import legacy_get
 from hybridflow_jax.models import hybridflow as hf
-from hybridflow_jax.models import masking
+from hybridflow_jax.models import masking, vq
+
+# Images whose token grid is larger than WINDOW a side (1280 px) are rendered in windows of at most
+# that size (`Networks.render_windows`): the bridge's levels from WINDOW_LEVEL (stride 4) down to
+# full resolution, most of its memory, run window by window; the coarser ones once.
+WINDOW = 80
+WINDOW_LEVEL = 2
 
 
 class Networks:
@@ -91,6 +99,17 @@ class Networks:
     valid = np.zeros(x.shape[:2], np.float32)
     valid[:height, :width] = 1.0
     region_px = int(region) * hf.STRIDE
+    if self.window_halo is not None and max(indices.shape) > WINDOW:
+      # A large image: each candidate rendered in windows, as the receiver would render it.
+      args = jnp.asarray(indices, jnp.int32), jnp.asarray(y_hat, jnp.float32)
+      out = []
+      for keep in maps:
+        err = np.sum((self.render_windows(args[0], jnp.asarray(keep), args[1]) - x) ** 2,
+                     axis=-1, dtype=np.float64) * valid
+        err = np.pad(err, ((0, -err.shape[0] % region_px), (0, -err.shape[1] % region_px)))
+        out.append(err.reshape(err.shape[0] // region_px, region_px, err.shape[1] // region_px,
+                               region_px).sum(axis=(1, 3)))
+      return np.stack(out)
     out = self.programs.call(
         f"region_distortion_{region_px}", functools.partial(self._region_distortion,
                                                             region_px=region_px),
@@ -107,13 +126,73 @@ class Networks:
       return image[0]
     return fn
 
+  @functools.cached_property
+  def window_halo(self) -> int | None:
+    """Tokens of context a window needs past what it keeps (`tiling`), or None where the bridge
+    cannot be rendered in windows (GroupNorm: every pixel depends on the whole image)."""
+    cfg = self.model.config
+    if legacy_get(cfg, "bridge.norm") != "layer" or len(cfg.vq.channel_mult) <= WINDOW_LEVEL:
+      return None
+    reach = vq.decoder_reach(cfg.vq.channel_mult, cfg.vq.num_res_blocks, WINDOW_LEVEL, hf.STRIDE)
+    return -(-reach // hf.STRIDE)
+
   def render(self, indices: np.ndarray, keep: np.ndarray, y_hat: np.ndarray) -> np.ndarray:
     """The receiver's networks: the token transformer fills the unsent indices, the bridging
     decoder renders. indices int [h, w] (read where keep), keep bool [h, w], y_hat float32
-    [h, w, M] -> float32 [16h, 16w, 3] in [0, 1]."""
-    return np.asarray(self.programs.call(
-        "render", self._render, self.params, jnp.asarray(indices, jnp.int32), jnp.asarray(keep),
-        jnp.asarray(y_hat, jnp.float32)))
+    [h, w, M] -> float32 [16h, 16w, 3] in [0, 1].
+
+    A grid larger than `WINDOW` tokens on a side is rendered in windows (`render_windows`) where
+    the bridge allows it, so memory stops growing with the image beyond the decoder's coarse
+    levels; smaller ones in one program."""
+    args = (jnp.asarray(indices, jnp.int32), jnp.asarray(keep), jnp.asarray(y_hat, jnp.float32))
+    if self.window_halo is None or max(indices.shape) <= WINDOW:
+      return np.asarray(self.programs.call("render", self._render, self.params, *args))
+    return self.render_windows(*args)
+
+  @functools.cached_property
+  def _render_features(self):
+    model = self.model
+
+    def fn(params, indices, keep, y_hat):
+      tokens = hf.fill_tokens(model, params, indices[None], keep[None], y_hat[None])
+      return model.apply({"params": params}, tokens, y_hat[None], WINDOW_LEVEL,
+                         method=hf.HybridFlow.render_features)[0]
+    return fn
+
+  @functools.cached_property
+  def _render_from(self):
+    model = self.model
+
+    def fn(params, features, y_hat):
+      image = model.apply({"params": params}, features[None], y_hat[None], WINDOW_LEVEL,
+                          method=hf.HybridFlow.render_from)
+      return jnp.clip(image[0], 0.0, 1.0)
+    return fn
+
+  def render_windows(self, indices: jax.Array, keep: jax.Array, y_hat: jax.Array,
+                     window: int = WINDOW) -> np.ndarray:
+    """`render` in windows of `window` tokens a side: the transformer and the bridge's levels
+    above `WINDOW_LEVEL` on the whole grid, the levels below window by window (`tiling`). Each
+    window reaches `window_halo` tokens past the part it keeps, the decoder's reach, so every
+    pixel is computed from the same inputs as in one program (they agree to float rounding:
+    tests/test_codec_api.py)."""
+    features = np.asarray(self.programs.call("render_features", self._render_features,
+                                             self.params, indices, keep, y_hat))
+    y_hat = np.asarray(y_hat)
+    h, w = y_hat.shape[:2]
+    per_token = hf.STRIDE // 2**WINDOW_LEVEL           # feature positions per token
+    out = np.empty((h * hf.STRIDE, w * hf.STRIDE, 3), np.float32)
+    s = hf.STRIDE
+    for r in tiling.spans(h, window, self.window_halo):
+      for c in tiling.spans(w, window, self.window_halo):
+        f = features[r.start * per_token:(r.start + r.size) * per_token,
+                     c.start * per_token:(c.start + c.size) * per_token]
+        y = y_hat[r.start:r.start + r.size, c.start:c.start + c.size]
+        image = self.programs.call("render_from", self._render_from, self.params, f, y)
+        out[r.keep_from * s:r.keep_to * s, c.keep_from * s:c.keep_to * s] = np.asarray(
+            image[(r.keep_from - r.start) * s:(r.keep_to - r.start) * s,
+                  (c.keep_from - c.start) * s:(c.keep_to - c.start) * s])
+    return out
 
   @functools.cached_property
   def _model_bits(self):

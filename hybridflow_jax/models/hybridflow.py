@@ -107,6 +107,16 @@ class HybridFlow(nn.Module):
     """The bridging decoder: indices and y_hat -> the final image."""
     return self.bridge(self.quantizer.lookup(indices), y_hat)
 
+  def render_features(self, indices: jax.Array, y_hat: jax.Array, level: int) -> jax.Array:
+    """The bridging decoder's levels above `level`: the features entering it, [B, 16h / 2 **
+    level, 16w / 2 ** level, C]."""
+    return self.bridge(self.quantizer.lookup(indices), y_hat, stop=level)
+
+  def render_from(self, features: jax.Array, y_hat: jax.Array, level: int) -> jax.Array:
+    """The bridging decoder's levels from `level` on: `render_features`' output (or a window of
+    it, with the y_hat tokens under that window) -> the image."""
+    return self.bridge(features, y_hat, start=level)
+
 
 def build_model(config: ml_collections.ConfigDict) -> HybridFlow:
   """The model of a full config (`config.model` is frozen into the module)."""
@@ -186,9 +196,16 @@ def decode(model: HybridFlow, params, indices: jax.Array, keep: jax.Array, y_hat
   indices [B, h, w] (only values where `keep` is True are read), keep [B, h, w] bool,
   y_hat [B, h, w, M]. Returns (image [B, 16h, 16w, 3] clipped to [0, 1], completed indices).
   """
+  tokens = fill_tokens(model, params, indices, keep, y_hat, steps)
+  image = model.apply({"params": params}, tokens, y_hat, method=HybridFlow.render)
+  return jnp.clip(image, 0.0, 1.0), tokens
+
+
+def fill_tokens(model: HybridFlow, params, indices: jax.Array, keep: jax.Array, y_hat: jax.Array,
+                steps: int | None = None) -> jax.Array:
+  """The receiver's first half: the sent indices with every unsent one filled by the masked token
+  transformer (`steps` rounds, default the config's), [B, h, w]."""
   p = {"params": params}
   steps = steps or model.config.transformer.decode_steps
   predict = lambda t, c: model.apply(p, t, c, method=HybridFlow.predict_tokens)
-  tokens = decode_tokens(predict, indices, keep, y_hat, model.config.vq.num_codes, steps)
-  image = model.apply(p, tokens, y_hat, method=HybridFlow.render)
-  return jnp.clip(image, 0.0, 1.0), tokens
+  return decode_tokens(predict, indices, keep, y_hat, model.config.vq.num_codes, steps)

@@ -63,14 +63,32 @@ class PixelDecoder(nn.Module):
   norm: str = "group"     # layers.norm_layer's kind: "layer" makes every output pixel local
 
   @nn.compact
-  def __call__(self, q: jax.Array, cond: jax.Array | None = None) -> jax.Array:
+  def __call__(self, q: jax.Array, cond: jax.Array | None = None, *, stop: int | None = None,
+               start: int | None = None) -> jax.Array:
+    """q: codewords [B, h, w, D] -> image [B, 16h, 16w, 3].
+
+    The decoder runs its levels from the coarsest (len(channel_mult) - 1, the token grid) down to
+    0 (full resolution). `stop=k` returns the features entering level k instead of the image (at
+    stride 2 ** k, before level k's fusion); `start=k` takes such features as `q` and finishes the
+    image. The two halves compose to the whole decoder, parameter for parameter: the codec renders
+    large images by running levels >= k once and levels < k in overlapping tiles (`tiling`).
+    """
     if self.fuse and cond is None:
       raise ValueError("a fused PixelDecoder needs the conditioning latent `cond`")
+    top = len(self.channel_mult) - 1
+    for name, level in (("stop", stop), ("start", start)):
+      if level is not None and not 0 <= level <= top:
+        raise ValueError(f"PixelDecoder {name} must be a level in 0..{top}, got {level}")
     levels = list(enumerate(self.channel_mult))[::-1]
-    h = nn.Conv(self.channels * self.channel_mult[-1], (3, 3), name="conv_in")(q)
-    h = ResBlock(h.shape[-1], self.groups, self.norm, name="mid_res0")(h)
-    h = ResBlock(h.shape[-1], self.groups, self.norm, name="mid_res1")(h)
+    if start is None:
+      h = nn.Conv(self.channels * self.channel_mult[-1], (3, 3), name="conv_in")(q)
+      h = ResBlock(h.shape[-1], self.groups, self.norm, name="mid_res0")(h)
+      h = ResBlock(h.shape[-1], self.groups, self.norm, name="mid_res1")(h)
+    else:
+      h, levels = q, [(i, m) for i, m in levels if i <= start]
     for i, mult in levels:
+      if i == stop:
+        return h
       if self.fuse:
         h = ZeroFusion(h.shape[-1], self.fusion_hidden, name=f"fuse{i}")(h, cond)
       for j in range(self.num_res_blocks):
@@ -79,6 +97,24 @@ class PixelDecoder(nn.Module):
         h = Upsample(self.channels * mult, name=f"up{i}_sample")(h)
     h = nn.swish(norm_layer(self.norm, h.shape[-1], self.groups, "norm_out")(h))
     return nn.Conv(3, (3, 3), name="conv_out")(h) * 0.5 + 0.5
+
+
+def decoder_reach(channel_mult: Sequence[int], num_res_blocks: int, start: int,
+                  stride: int = 16) -> int:
+  """How far, in output pixels, a `PixelDecoder(norm="layer")` run from level `start` (its
+  `start=` argument) reaches: an output pixel depends only on the features within this many pixels
+  of it and on the conditioning latent's values within this many pixels (of the token's edge).
+
+  The features path: every 3x3 convolution at level i reaches 2 ** i pixels (each ResBlock has
+  two, each up-sampling one, and `conv_out` one). The conditioning latent enters every level
+  through `ZeroFusion`: a bilinear resize (up to one token, `stride` pixels) and two 3x3
+  convolutions, then the rest of the features path. tests/test_model.py checks the bound against
+  what a changed input actually moves.
+  """
+  if not 0 <= start < len(channel_mult):
+    raise ValueError(f"start must be a level in 0..{len(channel_mult) - 1}, got {start}")
+  feature_path = sum((2 * num_res_blocks + (i > 0)) * 2**i for i in range(start + 1)) + 1
+  return feature_path + 2 * 2**start + stride
 
 
 class VectorQuantizer(nn.Module):
