@@ -61,7 +61,7 @@ def _add_codec_file_flags(p: argparse.ArgumentParser) -> None:
                       f"shipped with hybridflow-jax (default: {pretrained.DEFAULT}, the shipped "
                       "reference model)")
   p.add_argument("--max-pixels", "--max_pixels", dest="max_pixels", type=int, default=None,
-                 help="refuse larger images (default 2**24, 4096x4096)")
+                 help="refuse larger images (default 2**26, 8192x8192)")
   p.add_argument("--force", action="store_true", help="replace an existing output")
 
 

@@ -108,3 +108,24 @@ def test_a_large_image_decodes_in_windows(codec, large, monkeypatch):
       lat.image, lat.indices, lat.y_hat, lat.height, lat.width, codec.coding.candidates,
       codec.coding.region)
   np.testing.assert_allclose(region_windows, region_program, rtol=1e-4)
+
+
+def test_the_encoder_in_windows_computes_what_one_program_does(codec, large, monkeypatch):
+  """Above ANALYSIS_WINDOW_PIXELS the encoder runs its full-resolution layers in windows, its
+  GroupNorms with whole-image statistics gathered over the windows: the same latents (indices
+  but where float rounding tips a latent between two codewords), and the same file."""
+  photo, lat, _, _ = large
+  windowed = codec.networks.analyze_windows(lat.image, window=16)
+  assert np.mean(windowed[0] == lat.indices) > 0.99
+  y_program = codec.networks.programs.call("analysis", codec.networks._analysis, codec.params,
+                                           jnp.asarray(lat.image[None]))[1]
+  np.testing.assert_allclose(windowed[1], np.asarray(y_program), rtol=0, atol=2e-5)
+  np.testing.assert_array_equal(windowed[2], lat.z)
+  one_program = codec.compress(photo, schedule="1_4")
+  monkeypatch.setattr(networks, "ANALYSIS_WINDOW_PIXELS", 100 * 100)
+  monkeypatch.setattr(networks, "WINDOW", 16)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", ConversionNotice)
+    data = codec.compress(photo, schedule="1_4")
+  assert data == one_program or abs(len(data) - len(one_program)) <= 4
+  assert codec.decompress(data).shape == photo.shape

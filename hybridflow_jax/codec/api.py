@@ -48,10 +48,11 @@ __all__ = ["DEFAULT_MAX_PIXELS", "DYNAMIC_ALLOCATIONS", "Codec", "CodecError", "
 
 DYNAMIC_ALLOCATIONS = schedules.DYNAMIC_ALLOCATIONS
 
-# Images above this many pixels are refused: the encoder's activations at full resolution grow
-# with the pixel count (the decoder renders large images in windows: `networks.render_windows`).
-# 2**24 is 4096 x 4096; raise it with `max_pixels`.
-DEFAULT_MAX_PIXELS = 2**24
+# Images above this many pixels are refused (2**26: 8192 x 8192, 67 MP; raise it with
+# `max_pixels`). Large images are coded in windows (`networks.analyze_windows` and
+# `render_windows`), but what is kept for the whole image still grows with it: about 50 bytes a
+# pixel each way for `small` (the image, the features at stride 2 and 4, the transformer's logits).
+DEFAULT_MAX_PIXELS = 2**26
 
 
 class Codec:

@@ -25,8 +25,7 @@ def to_rgb8(image, max_pixels: int) -> tuple[np.ndarray, list[str]]:
     raise ValueError(f"image is {w}x{h}: the format holds sides up to {container.MAX_SIDE} px")
   if h * w > max_pixels:
     raise ValueError(f"image is {w}x{h} = {h * w / 1e6:.1f} MP, above this codec's limit of "
-                     f"{max_pixels / 1e6:.1f} MP (max_pixels; large images are refused, "
-                     "not tiled)")
+                     f"{max_pixels / 1e6:.1f} MP (max_pixels)")
   return rgb, notes
 
 

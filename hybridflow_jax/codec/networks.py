@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from hybridflow_jax import schedules
-from hybridflow_jax.codec import tiling
+from hybridflow_jax.codec import tiling, window_norm
 from hybridflow_jax.codec.programs import Programs
 from hybridflow_jax.config import legacy_get
 from hybridflow_jax.models import hybridflow as hf
@@ -25,6 +25,31 @@ from hybridflow_jax.models import masking, vq
 # full resolution, most of its memory, run window by window; the coarser ones once.
 WINDOW = 80
 WINDOW_LEVEL = 2
+# The encoder of images above ANALYSIS_WINDOW_PIXELS likewise (`Networks.analyze_windows`): the
+# VQ encoder's levels below ENCODER_WINDOW_LEVEL (full resolution and stride 2) window by window,
+# reaching ENCODER_HALO tokens past what each window keeps (they reach 13 px: 3 + 2 + 4 + 4); g_a
+# (four 5x5 stride-2 convolutions, 45 px) ANALYSIS_HALO tokens. Its GroupNorms need one pass over
+# the windows each, which costs about twice the one program's time (2048x2048: 6.0 against 2.8 s,
+# docs/benchmarks.md), so images up to 2**24 pixels (4096x4096, four 16-channel activations: about
+# 4 GiB) keep the one program.
+ANALYSIS_WINDOW_PIXELS = 2**24
+ENCODER_WINDOW_LEVEL = 2
+ENCODER_HALO = 1
+ANALYSIS_HALO = 3
+
+
+def _window(a: np.ndarray, r: tiling.Span, c: tiling.Span, per_token: int) -> np.ndarray:
+  """The part of `a` [H, W, ...] (per_token positions a token) under windows r x c."""
+  return a[r.start * per_token:(r.start + r.size) * per_token,
+           c.start * per_token:(c.start + c.size) * per_token]
+
+
+def _keep(out: np.ndarray, window: np.ndarray, r: tiling.Span, c: tiling.Span,
+          per_token: int) -> None:
+  """Writes the part of a window's output that the window is kept for into `out`."""
+  out[r.keep_from * per_token:r.keep_to * per_token, c.keep_from * per_token:c.keep_to * per_token] = (
+      window[(r.keep_from - r.start) * per_token:(r.keep_to - r.start) * per_token,
+             (c.keep_from - c.start) * per_token:(c.keep_to - c.start) * per_token])
 
 
 class Networks:
@@ -55,10 +80,105 @@ class Networks:
 
   def analyze(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The sender's networks on a padded image x float32 [Hp, Wp, 3] in [0, 1]: (codeword indices
-    int32 [h, w], y float32 [h, w, M], z_hat int64 [hz, wz, Nz])."""
+    int32 [h, w], y float32 [h, w, M], z_hat int64 [hz, wz, Nz]).
+
+    An image of more than ANALYSIS_WINDOW_PIXELS pixels runs its full-resolution layers in
+    windows (`analyze_windows`), so the encoder's memory stops growing with the image."""
+    if x.shape[0] * x.shape[1] > ANALYSIS_WINDOW_PIXELS and max(x.shape[:2]) > WINDOW * hf.STRIDE:
+      return self.analyze_windows(x)
     indices, y, z = jax.device_get(
         self.programs.call("analysis", self._analysis, self.params, jnp.asarray(x[None])))
     return np.asarray(indices, np.int32), np.asarray(y), np.asarray(z).astype(np.int64)
+
+  def analyze_windows(self, x: np.ndarray,
+                      window: int = WINDOW) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`analyze` with the full-resolution layers in windows of `window` tokens a side.
+
+    The VQ encoder's levels below ENCODER_WINDOW_LEVEL run window by window, their GroupNorms
+    normalising by whole-image statistics gathered over the windows first (`window_norm`: one
+    pass per GroupNorm), its coarser levels and the quantiser once; g_a (convolutions only) runs
+    window by window, h_a once on y. The indices can differ from the one-program ones where a
+    latent is within float rounding of two codewords (the statistics are summed in another
+    order); y is the same.
+    """
+    h, w = x.shape[0] // hf.STRIDE, x.shape[1] // hf.STRIDE
+    rows = tiling.spans(h, window, ENCODER_HALO)
+    cols = tiling.spans(w, window, ENCODER_HALO)
+    features, start = x, None
+    for stop in range(1, ENCODER_WINDOW_LEVEL + 1):
+      features = self._encoder_levels(features, start, stop, rows, cols)
+      start = stop
+    indices = self.programs.call(f"tokenize_from_{start}", self._tokenize_from(start), self.params,
+                                 jnp.asarray(features))
+    rows = tiling.spans(h, window, ANALYSIS_HALO)
+    cols = tiling.spans(w, window, ANALYSIS_HALO)
+    y = np.empty((h, w, self.model.config.continuous.latent_channels), np.float32)
+    for r in rows:
+      for c in cols:
+        out = self.programs.call("analysis_window", self._analysis_window, self.params,
+                                 jnp.asarray(_window(x, r, c, hf.STRIDE)))
+        _keep(y, np.asarray(out), r, c, 1)
+    z = self.programs.call("hyper_analysis", self._hyper_analysis, self.params, jnp.asarray(y))
+    return (np.asarray(indices, np.int32), y, np.asarray(z).astype(np.int64))
+
+  def _encoder_levels(self, features: np.ndarray, start: int | None, stop: int, rows, cols):
+    """The VQ encoder's levels start..stop - 1 (start None: from the image) in windows: features
+    entering `start` [H', W', C] -> those entering `stop`."""
+    model = self.model
+    per_in = hf.STRIDE // 2 ** (start or 0)               # input positions per token
+
+    def forward(params, window):
+      p = {"params": params}
+      if start is None:
+        return model.apply(p, window[None], stop, method=hf.HybridFlow.tokenize_features)[0]
+      return model.apply(p, window[None], start, stop, method=hf.HybridFlow.tokenize_between)[0]
+
+    shape = (rows[0].size * per_in, cols[0].size * per_in, features.shape[-1])
+    paths = window_norm.layer_paths(forward, self.params, jax.ShapeDtypeStruct(shape, jnp.float32))
+    known: list[tuple[np.ndarray, np.ndarray]] = []
+    for n in range(len(paths) + 1):
+      def fn(params, window, keep, *stats, n=n):
+        pairs = [(stats[2 * i], stats[2 * i + 1]) for i in range(n)]
+        return window_norm.window_pass(lambda: forward(params, window),
+                                       dict(zip(paths[:n], pairs)), keep, window.shape[:2],
+                                       per_in)
+      sums, out = np.zeros((3, 0)), None
+      for r in rows:
+        for c in cols:
+          keep = np.asarray([r.keep_from - r.start, r.keep_to - r.start, c.keep_from - c.start,
+                             c.keep_to - c.start], np.int32)
+          result = np.asarray(self.programs.call(
+              f"vq_encoder_{start}_{stop}_pass{n}", fn, self.params,
+              jnp.asarray(_window(features, r, c, per_in)), jnp.asarray(keep),
+              *[jnp.asarray(v) for pair in known for v in pair]))
+          if n < len(paths):
+            sums = result.astype(np.float64).sum(axis=0) + (sums if sums.size else 0.0)
+            continue
+          if out is None:
+            per_out = result.shape[0] // r.size
+            out = np.empty((features.shape[0] // per_in * per_out,
+                            features.shape[1] // per_in * per_out, result.shape[-1]), np.float32)
+          _keep(out, result, r, c, per_out)
+      if n < len(paths):
+        known.append(window_norm.statistics(sums))
+    return out
+
+  def _tokenize_from(self, level: int):
+    model = self.model
+    return lambda params, f: model.apply({"params": params}, f[None], level,
+                                         method=hf.HybridFlow.tokenize_from)["indices"][0]
+
+  @functools.cached_property
+  def _analysis_window(self):
+    model = self.model
+    return lambda params, x: model.apply({"params": params}, x[None],
+                                         method=hf.HybridFlow.analysis)[0]
+
+  @functools.cached_property
+  def _hyper_analysis(self):
+    model = self.model
+    return lambda params, y: jnp.round(model.apply({"params": params}, y[None],
+                                                   method=hf.HybridFlow.hyper_analysis)[0])
 
   @functools.cached_property
   def _dynamic_choice(self):

@@ -59,5 +59,5 @@ def _check_pixels(name: str, data: bytes, limit: int) -> None:
     return  # not readable: the decoder says why
   if width * height > limit:
     raise UserError(f"{name} is {width}x{height} = {width * height / 1e6:.1f} MP, above the "
-                    f"limit of {limit / 1e6:.1f} MP (large images are refused, not tiled; raise "
-                    "it with --max-pixels if the machine has the memory)")
+                    f"limit of {limit / 1e6:.1f} MP (raise it with --max-pixels if the machine "
+                    "has the memory)")

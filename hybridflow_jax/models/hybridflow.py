@@ -73,6 +73,18 @@ class HybridFlow(nn.Module):
     """x [B, H, W, 3] -> VectorQuantizer outputs (indices [B, H/16, W/16], quantized, losses)."""
     return self.quantizer(self.vq_encoder(x))
 
+  def tokenize_features(self, x: jax.Array, level: int) -> jax.Array:
+    """The VQ encoder's levels below `level`: x [B, H, W, 3] -> the features entering it."""
+    return self.vq_encoder(x, stop=level)
+
+  def tokenize_between(self, features: jax.Array, start: int, stop: int) -> jax.Array:
+    """The VQ encoder's levels start..stop - 1, from the features entering `start`."""
+    return self.vq_encoder(features, start=start, stop=stop)
+
+  def tokenize_from(self, features: jax.Array, level: int) -> dict[str, jax.Array]:
+    """`tokenize` from the features entering `level` (`tokenize_features`' output)."""
+    return self.quantizer(self.vq_encoder(features, start=level))
+
   def continuous_stream(self, x, rng=None, train=False, with_head=False):
     return self.continuous(x, rng, train=train, with_head=with_head)
 

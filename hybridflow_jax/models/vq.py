@@ -32,9 +32,28 @@ class VQEncoder(nn.Module):
   groups: int = 32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    h = nn.Conv(self.channels, (3, 3), name="conv_in")(x * 2.0 - 1.0)
+  def __call__(self, x: jax.Array, *, stop: int | None = None,
+               start: int | None = None) -> jax.Array:
+    """x: image [B, H, W, 3] in [0, 1] -> the latent [B, H/s, W/s, embed_dim].
+
+    Level i runs at stride 2 ** i. `stop=k` returns the features entering level k (after level
+    k - 1's down-sampling) instead of the latent; `start=k` takes such features as `x` and
+    finishes. The codec encodes large images by running the first levels window by window
+    (`Networks.tokenize_windows`).
+    """
+    top = len(self.channel_mult) - 1
+    for name, level in (("stop", stop), ("start", start)):
+      if level is not None and not 0 <= level <= top:
+        raise ValueError(f"VQEncoder {name} must be a level in 0..{top}, got {level}")
+    if start is None:
+      h = nn.Conv(self.channels, (3, 3), name="conv_in")(x * 2.0 - 1.0)
+    else:
+      h = x
     for i, mult in enumerate(self.channel_mult):
+      if i < (start or 0):
+        continue
+      if i == stop:
+        return h
       for j in range(self.num_res_blocks):
         h = ResBlock(self.channels * mult, self.groups, name=f"down{i}_res{j}")(h)
       if i < len(self.channel_mult) - 1:
