@@ -50,7 +50,8 @@ def test_decoder_reach_bounds_what_a_changed_input_moves(codec):
   rng = np.random.default_rng(0)
   tokens = jnp.asarray(rng.integers(0, codec.num_codes, (1, h, w)), jnp.int32)
   y = jnp.asarray(rng.normal(size=(1, h, w, codec.latent_channels)), jnp.float32)
-  feats = codec.model.apply(p, tokens, y, level, method=hf.HybridFlow.render_features)
+  feats = jax.jit(lambda t, y: codec.model.apply(p, t, y, level,
+                                                 method=hf.HybridFlow.render_features))(tokens, y)
   render = jax.jit(lambda f, y: codec.model.apply(p, f, y, level, method=hf.HybridFlow.render_from))
   base = np.asarray(render(feats, y))
   per_token = hf.STRIDE // 2**level

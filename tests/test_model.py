@@ -1,3 +1,5 @@
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -101,14 +103,25 @@ def test_bridge_init_rejects_a_decoder_of_another_size(tiny_params):
     init_bridge_from_pixel_decoder(tiny_params["bridge"], wrong)
 
 
+@functools.cache
+def _encode(model):
+  return jax.jit(lambda p, x, keep: hf.encode(model, p, x, keep))
+
+
+@functools.cache
+def _decode(model):
+  return jax.jit(lambda p, indices, keep, y_hat: hf.decode(model, p, indices, keep, y_hat))
+
+
 @pytest.mark.parametrize("schedule", ["1_4", "1_16", "dynamic"])
 def test_encode_decode_round(schedule, tiny_config, tiny_model, tiny_params, images):
   keep, side_bits = hf.keep_maps(images, schedule, tiny_config.model.masking)
-  enc = hf.encode(tiny_model, tiny_params, images, keep)
+  # Jitted: op by op, the first schedule took 20 s of dispatching on 2 cores.
+  enc = _encode(tiny_model)(tiny_params, images, keep)
   assert enc["indices"].shape == (2, 4, 4) and enc["y_hat"].shape[:3] == (2, 4, 4)
   # Transmitted latents are integers around the predicted mean; likelihoods are probabilities.
   assert np.all((enc["y_likelihood"] > 0) & (enc["y_likelihood"] <= 1))
-  image, tokens = hf.decode(tiny_model, tiny_params, enc["indices"], keep, enc["y_hat"])
+  image, tokens = _decode(tiny_model)(tiny_params, enc["indices"], keep, enc["y_hat"])
   assert image.shape == images.shape and float(image.min()) >= 0 and float(image.max()) <= 1
   np.testing.assert_array_equal(np.asarray(tokens)[np.asarray(keep)],
                                 np.asarray(enc["indices"])[np.asarray(keep)])

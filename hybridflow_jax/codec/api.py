@@ -130,7 +130,7 @@ class Codec:
     if lat.region_distortion is None:
       lat.region_distortion = self.networks.region_distortion(
           lat.image, lat.indices, lat.y_hat, lat.height, lat.width, self.coding.candidates,
-          self.coding.region)
+          self.coding.region, grey=lat.grey)
     kept = masking.region_keep_counts(lat.indices.shape, self.coding.region, self.coding.candidates)
     return masking.rd_allocation(lat.region_distortion, kept, lat.indices.size, budget)
 

@@ -84,7 +84,7 @@ class Networks:
 
     An image of more than ANALYSIS_WINDOW_PIXELS pixels runs its full-resolution layers in
     windows (`analyze_windows`), so the encoder's memory stops growing with the image."""
-    if x.shape[0] * x.shape[1] > ANALYSIS_WINDOW_PIXELS and max(x.shape[:2]) > WINDOW * hf.STRIDE:
+    if x.shape[0] * x.shape[1] > ANALYSIS_WINDOW_PIXELS:
       return self.analyze_windows(x)
     indices, y, z = jax.device_get(
         self.programs.call("analysis", self._analysis, self.params, jnp.asarray(x[None])))
@@ -99,7 +99,7 @@ class Networks:
     pass per GroupNorm), its coarser levels and the quantiser once; g_a (convolutions only) runs
     window by window, h_a once on y. The indices can differ from the one-program ones where a
     latent is within float rounding of two codewords (the statistics are summed in another
-    order); y is the same.
+    order); y and z_hat agree to float rounding.
     """
     h, w = x.shape[0] // hf.STRIDE, x.shape[1] // hf.STRIDE
     rows = tiling.spans(h, window, ENCODER_HALO)
@@ -142,7 +142,7 @@ class Networks:
         return window_norm.window_pass(lambda: forward(params, window),
                                        dict(zip(paths[:n], pairs)), keep, window.shape[:2],
                                        per_in)
-      sums, out = np.zeros((3, 0)), None
+      sums, out = 0.0, None
       for r in rows:
         for c in cols:
           keep = np.asarray([r.keep_from - r.start, r.keep_to - r.start, c.keep_from - c.start,
@@ -152,7 +152,7 @@ class Networks:
               jnp.asarray(_window(features, r, c, per_in)), jnp.asarray(keep),
               *[jnp.asarray(v) for pair in known for v in pair]))
           if n < len(paths):
-            sums = result.astype(np.float64).sum(axis=0) + (sums if sums.size else 0.0)
+            sums = sums + result.astype(np.float64).sum(axis=0)
             continue
           if out is None:
             per_out = result.shape[0] // r.size
@@ -197,10 +197,13 @@ class Networks:
   def _region_distortion(self):
     model = self.model
 
-    def fn(params, image, indices, y_hat, maps, valid, region_px):
+    def fn(params, image, indices, y_hat, maps, valid, region_px, grey):
       def one(keep):
         rec, _ = hf.decode(model, params, indices[None], keep[None], y_hat[None])
-        err = jnp.sum((jnp.clip(rec[0], 0.0, 1.0) - image) ** 2, axis=-1) * valid
+        rec = jnp.clip(rec[0], 0.0, 1.0)
+        if grey:  # what a greyscale file decodes to: the mean of the channels, in each
+          rec = jnp.mean(rec, axis=-1, keepdims=True)
+        err = jnp.sum((rec - image) ** 2, axis=-1) * valid
         h, w = err.shape
         err = jnp.pad(err, ((0, -h % region_px), (0, -w % region_px)))
         return err.reshape(err.shape[0] // region_px, region_px, err.shape[1] // region_px,
@@ -210,11 +213,13 @@ class Networks:
     return fn
 
   def region_distortion(self, x: np.ndarray, indices: np.ndarray, y_hat: np.ndarray,
-                        height: int, width: int, candidates, region: int) -> np.ndarray:
+                        height: int, width: int, candidates, region: int,
+                        grey: bool = False) -> np.ndarray:
     """Rate-distortion dynamic masking's measurements: the image decoded once per candidate
     schedule (every region at that schedule), and each region's squared error (float [0, 1]
     pixels, summed over the region's pixels inside the image and over RGB): float64 [S, rh, rw].
-    x: the padded image [Hp, Wp, 3]; indices [h, w]; y_hat [h, w, M]."""
+    x: the padded image [Hp, Wp, 3]; indices [h, w]; y_hat [h, w, M]; grey: a greyscale file,
+    whose decoder gives the mean of the rendered channels (the errors are that rendering's)."""
     maps = schedules.candidate_maps(*indices.shape, candidates)
     valid = np.zeros(x.shape[:2], np.float32)
     valid[:height, :width] = 1.0
@@ -224,15 +229,17 @@ class Networks:
       args = jnp.asarray(indices, jnp.int32), jnp.asarray(y_hat, jnp.float32)
       out = []
       for keep in maps:
-        err = np.sum((self.render_windows(args[0], jnp.asarray(keep), args[1]) - x) ** 2,
-                     axis=-1, dtype=np.float64) * valid
+        rec = self.render_windows(args[0], jnp.asarray(keep), args[1])
+        if grey:
+          rec = np.mean(rec, axis=-1, keepdims=True, dtype=np.float32)
+        err = np.sum((rec - x) ** 2, axis=-1, dtype=np.float64) * valid
         err = np.pad(err, ((0, -err.shape[0] % region_px), (0, -err.shape[1] % region_px)))
         out.append(err.reshape(err.shape[0] // region_px, region_px, err.shape[1] // region_px,
                                region_px).sum(axis=(1, 3)))
       return np.stack(out)
     out = self.programs.call(
-        f"region_distortion_{region_px}", functools.partial(self._region_distortion,
-                                                            region_px=region_px),
+        f"region_distortion_{region_px}{'_grey' if grey else ''}",
+        functools.partial(self._region_distortion, region_px=region_px, grey=bool(grey)),
         self.params, jnp.asarray(x), jnp.asarray(indices, jnp.int32),
         jnp.asarray(y_hat, jnp.float32), jnp.asarray(maps), jnp.asarray(valid))
     return np.asarray(out, np.float64)
