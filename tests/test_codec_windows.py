@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hybridflow_jax.codec import networks, tiling
+from hybridflow_jax import schedules
+from hybridflow_jax.codec import networks, tiling, window_norm
 from hybridflow_jax.codec.api import ConversionNotice
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.models import vq
@@ -63,6 +64,31 @@ def test_decoder_reach_bounds_what_a_changed_input_moves(codec):
     assert cols.max() < (col + 1) * hf.STRIDE + reach
 
 
+@pytest.mark.parametrize("num_res_blocks", [1, 2])
+def test_encoder_reach_bounds_what_a_changed_pixel_moves(num_res_blocks):
+  """With its GroupNorms' statistics fixed, as in windows, the VQ encoder's first levels are local:
+  a changed pixel column moves no feature farther than `vq.encoder_reach`, and moves some."""
+  level, mult = networks.ENCODER_WINDOW_LEVEL, (1, 2, 2, 2, 2)
+  encoder = vq.VQEncoder(channels=4, channel_mult=mult, num_res_blocks=num_res_blocks,
+                         embed_dim=4, groups=2)
+  x = jax.random.uniform(jax.random.PRNGKey(0), (1, 32, 160, 3))
+  params = encoder.init(jax.random.PRNGKey(1), x)
+  params = jax.tree.map(lambda a: a + 0.1, params)                 # non-zero biases too
+  forward = lambda v: encoder.apply(params, v, stop=level)
+  paths = window_norm.layer_paths(forward, x)
+  assert len(paths) == 2 * num_res_blocks * level
+  known = {path: (jnp.zeros(2), jnp.ones(2)) for path in paths}
+  keep = jnp.asarray([0, 2, 0, 10], jnp.int32)
+  run = jax.jit(lambda v: window_norm.window_pass(lambda: forward(v), known, keep, v.shape[1:3],
+                                                  hf.STRIDE))
+  col, per = 80, 2**level                                          # pixel column; pixels a feature
+  moved = np.abs(np.asarray(run(x.at[:, :, col].add(1.0)) - run(x))).max(axis=(0, 1, 3))
+  cols = np.nonzero(moved)[0]
+  reach = vq.encoder_reach(mult, num_res_blocks, level)
+  # Feature j covers pixels per * j .. per * j + per - 1 and sees `reach` past them.
+  assert cols.size and (cols.min() + 1) * per - 1 >= col - reach and cols.max() * per <= col + reach
+
+
 @pytest.fixture(scope="module")
 def large(codec, photos):
   """A 320x464 photo's latents (20 x 29 tokens) at 1_4, and its one-program rendering."""
@@ -90,9 +116,17 @@ def test_a_large_image_decodes_in_windows(codec, large, monkeypatch):
   """Above WINDOW tokens a side the codec renders in windows; the decoded file is the one-program
   decoding, and rate-distortion dynamic masking measures its regions the same way."""
   photo, lat, args, whole = large
-  region_program = codec.networks.region_distortion(
-      lat.image, lat.indices, lat.y_hat, lat.height, lat.width, codec.coding.candidates,
-      codec.coding.region)
+  # What rate-distortion masking measures: each candidate map rendered in one program, its
+  # squared error summed per region (4x4 tokens, 64 px).
+  net = codec.networks
+  expected_regions = []
+  for keep in schedules.candidate_maps(*lat.indices.shape, codec.coding.candidates):
+    rec = np.asarray(net.programs.call("render", net._render, codec.params,
+                                       jnp.asarray(lat.indices), jnp.asarray(keep), args[2]))
+    err = np.sum((rec - lat.image) ** 2, axis=-1)[:lat.height, :lat.width]
+    px = codec.coding.region * hf.STRIDE
+    err = np.pad(err, ((0, -err.shape[0] % px), (0, -err.shape[1] % px)))
+    expected_regions.append(err.reshape(err.shape[0] // px, px, -1, px).sum(axis=(1, 3)))
   calls = []
   monkeypatch.setattr(networks, "WINDOW", 16)
   render_windows = codec.networks.render_windows
@@ -108,7 +142,7 @@ def test_a_large_image_decodes_in_windows(codec, large, monkeypatch):
   region_windows = codec.networks.region_distortion(
       lat.image, lat.indices, lat.y_hat, lat.height, lat.width, codec.coding.candidates,
       codec.coding.region)
-  np.testing.assert_allclose(region_windows, region_program, rtol=1e-4)
+  np.testing.assert_allclose(region_windows, np.stack(expected_regions), rtol=1e-4)
 
 
 def test_the_encoder_in_windows_computes_what_one_program_does(codec, large, monkeypatch):

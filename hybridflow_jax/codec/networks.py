@@ -27,14 +27,14 @@ WINDOW = 80
 WINDOW_LEVEL = 2
 # The encoder of images above ANALYSIS_WINDOW_PIXELS likewise (`Networks.analyze_windows`): the
 # VQ encoder's levels below ENCODER_WINDOW_LEVEL (full resolution and stride 2) window by window,
-# reaching ENCODER_HALO tokens past what each window keeps (they reach 13 px: 3 + 2 + 4 + 4); g_a
-# (four 5x5 stride-2 convolutions, 45 px) ANALYSIS_HALO tokens. Its GroupNorms need one pass over
+# reaching `Networks.encoder_halo` tokens past what each window keeps (`vq.encoder_reach`: 13 px
+# for `small`, 19 px with two ResBlocks a level); g_a (four 5x5 stride-2 convolutions, at most
+# 2 + 4 + 8 + 16 px past a token's footprint) ANALYSIS_HALO tokens. Its GroupNorms need one pass over
 # the windows each, which costs about twice the one program's time (2048x2048: 6.0 against 2.8 s,
 # docs/benchmarks.md), so images up to 2**24 pixels (4096x4096, four 16-channel activations: about
 # 4 GiB) keep the one program.
 ANALYSIS_WINDOW_PIXELS = 2**24
 ENCODER_WINDOW_LEVEL = 2
-ENCODER_HALO = 1
 ANALYSIS_HALO = 3
 
 
@@ -90,6 +90,13 @@ class Networks:
         self.programs.call("analysis", self._analysis, self.params, jnp.asarray(x[None])))
     return np.asarray(indices, np.int32), np.asarray(y), np.asarray(z).astype(np.int64)
 
+  @functools.cached_property
+  def encoder_halo(self) -> int:
+    """Tokens of context a window of the VQ encoder's first levels needs past what it keeps."""
+    cfg = self.model.config.vq
+    reach = vq.encoder_reach(cfg.channel_mult, cfg.num_res_blocks, ENCODER_WINDOW_LEVEL)
+    return -(-reach // hf.STRIDE)
+
   def analyze_windows(self, x: np.ndarray,
                       window: int = WINDOW) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`analyze` with the full-resolution layers in windows of `window` tokens a side.
@@ -102,8 +109,8 @@ class Networks:
     order); y and z_hat agree to float rounding.
     """
     h, w = x.shape[0] // hf.STRIDE, x.shape[1] // hf.STRIDE
-    rows = tiling.spans(h, window, ENCODER_HALO)
-    cols = tiling.spans(w, window, ENCODER_HALO)
+    rows = tiling.spans(h, window, self.encoder_halo)
+    cols = tiling.spans(w, window, self.encoder_halo)
     features, start = x, None
     for stop in range(1, ENCODER_WINDOW_LEVEL + 1):
       features = self._encoder_levels(features, start, stop, rows, cols)

@@ -118,6 +118,18 @@ class PixelDecoder(nn.Module):
     return nn.Conv(3, (3, 3), name="conv_out")(h) * 0.5 + 0.5
 
 
+def encoder_reach(channel_mult: Sequence[int], num_res_blocks: int, stop: int) -> int:
+  """How far, in image pixels, the features a `VQEncoder` computes before level `stop` (its
+  `stop=` argument) reach into the image, once its GroupNorms' statistics are fixed (as they are
+  when it runs in windows: `codec/window_norm.py`): `conv_in` 1 pixel, each 3x3 convolution of a
+  ResBlock at level i 2 ** i pixels, each down-sampling (3x3, stride 2, padded after) 2 ** (i + 1)
+  past its own footprint. tests/test_codec_windows.py checks it against what a changed pixel moves.
+  """
+  if not 0 < stop < len(channel_mult):
+    raise ValueError(f"stop must be a level in 1..{len(channel_mult) - 1}, got {stop}")
+  return 1 + sum((2 * num_res_blocks + 2) * 2**i for i in range(stop))
+
+
 def decoder_reach(channel_mult: Sequence[int], num_res_blocks: int, start: int,
                   stride: int = 16) -> int:
   """How far, in output pixels, a `PixelDecoder(norm="layer")` run from level `start` (its
