@@ -52,6 +52,14 @@ def _keep(out: np.ndarray, window: np.ndarray, r: tiling.Span, c: tiling.Span,
              (c.keep_from - c.start) * per_token:(c.keep_to - c.start) * per_token])
 
 
+def _region_sums(err, region_px: int):
+  """[H, W] per-pixel errors (numpy or jax) -> [ceil(H / region_px), ceil(W / region_px)] sums."""
+  xp = jnp if isinstance(err, jax.Array) else np
+  err = xp.pad(err, ((0, -err.shape[0] % region_px), (0, -err.shape[1] % region_px)))
+  return err.reshape(err.shape[0] // region_px, region_px, err.shape[1] // region_px,
+                     region_px).sum(axis=(1, 3))
+
+
 class Networks:
   """The sender's and the receiver's networks of one model.
 
@@ -210,11 +218,7 @@ class Networks:
         rec = jnp.clip(rec[0], 0.0, 1.0)
         if grey:  # what a greyscale file decodes to: the mean of the channels, in each
           rec = jnp.mean(rec, axis=-1, keepdims=True)
-        err = jnp.sum((rec - image) ** 2, axis=-1) * valid
-        h, w = err.shape
-        err = jnp.pad(err, ((0, -h % region_px), (0, -w % region_px)))
-        return err.reshape(err.shape[0] // region_px, region_px, err.shape[1] // region_px,
-                           region_px).sum(axis=(1, 3))
+        return _region_sums(jnp.sum((rec - image) ** 2, axis=-1) * valid, region_px)
       # One candidate at a time: the sender holds one decoder's activations, as the receiver does.
       return jax.lax.map(one, maps)
     return fn
@@ -239,10 +243,8 @@ class Networks:
         rec = self.render_windows(args[0], jnp.asarray(keep), args[1])
         if grey:
           rec = np.mean(rec, axis=-1, keepdims=True, dtype=np.float32)
-        err = np.sum((rec - x) ** 2, axis=-1, dtype=np.float64) * valid
-        err = np.pad(err, ((0, -err.shape[0] % region_px), (0, -err.shape[1] % region_px)))
-        out.append(err.reshape(err.shape[0] // region_px, region_px, err.shape[1] // region_px,
-                               region_px).sum(axis=(1, 3)))
+        out.append(_region_sums(np.sum((rec - x) ** 2, axis=-1, dtype=np.float64) * valid,
+                                region_px))
       return np.stack(out)
     out = self.programs.call(
         f"region_distortion_{region_px}{'_grey' if grey else ''}",
@@ -309,23 +311,18 @@ class Networks:
     above `WINDOW_LEVEL` on the whole grid, the levels below window by window (`tiling`). Each
     window reaches `window_halo` tokens past the part it keeps, the decoder's reach, so every
     pixel is computed from the same inputs as in one program (they agree to float rounding:
-    tests/test_codec_api.py)."""
+    tests/test_codec_windows.py)."""
     features = np.asarray(self.programs.call("render_features", self._render_features,
                                              self.params, indices, keep, y_hat))
     y_hat = np.asarray(y_hat)
     h, w = y_hat.shape[:2]
     per_token = hf.STRIDE // 2**WINDOW_LEVEL           # feature positions per token
     out = np.empty((h * hf.STRIDE, w * hf.STRIDE, 3), np.float32)
-    s = hf.STRIDE
     for r in tiling.spans(h, window, self.window_halo):
       for c in tiling.spans(w, window, self.window_halo):
-        f = features[r.start * per_token:(r.start + r.size) * per_token,
-                     c.start * per_token:(c.start + c.size) * per_token]
-        y = y_hat[r.start:r.start + r.size, c.start:c.start + c.size]
-        image = self.programs.call("render_from", self._render_from, self.params, f, y)
-        out[r.keep_from * s:r.keep_to * s, c.keep_from * s:c.keep_to * s] = np.asarray(
-            image[(r.keep_from - r.start) * s:(r.keep_to - r.start) * s,
-                  (c.keep_from - c.start) * s:(c.keep_to - c.start) * s])
+        image = self.programs.call("render_from", self._render_from, self.params,
+                                   _window(features, r, c, per_token), _window(y_hat, r, c, 1))
+        _keep(out, np.asarray(image), r, c, hf.STRIDE)
     return out
 
   @functools.cached_property
