@@ -27,9 +27,19 @@ def _motorcycle(side):
 
 
 def _sklearn(name):
+  # The file `sklearn.datasets.load_sample_image` reads, opened the way it opens it (the same
+  # array), without importing scikit-learn: that import takes 3-4 s, in every process that loads
+  # the demo photos (each training run and each of its data workers).
   def load():
-    from sklearn.datasets import load_sample_image
-    return load_sample_image(name)
+    import importlib.util
+
+    from PIL import Image
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+      raise FileNotFoundError("the demo photos need scikit-learn installed (pip install scikit-learn)")
+    path = pathlib.Path(spec.submodule_search_locations[0]) / "datasets" / "images" / name
+    with Image.open(path) as img:
+      return np.asarray(img)
   return load
 
 

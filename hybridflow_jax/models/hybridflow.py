@@ -14,6 +14,7 @@ methods (`hybridflow_jax.stages`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -145,6 +146,13 @@ def init_params(model: HybridFlow, rng: jax.Array, image_size: int = 64) -> dict
 
 def param_shapes(model: HybridFlow, image_size: int = 64):
   """The parameter tree as ShapeDtypeStructs; allocates nothing (for overviews and AOT plans)."""
+  # A fresh tree each call (callers may build on it); the trace behind it is made once per model.
+  return jax.tree.map(lambda a: a, _param_shapes(model, image_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _param_shapes(model: HybridFlow, image_size: int):
+  # Modules are frozen dataclasses, hashed and compared by their fields: equal configs share this.
   x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
   init = lambda r, x: model.init({"params": r}, x, jax.random.PRNGKey(0))["params"]
   return jax.eval_shape(init, jax.random.PRNGKey(0), x)
