@@ -242,7 +242,7 @@ def test_local_launcher_trains_two_processes_survives_an_interrupt_and_resumes(c
   # each unreadable file is met by one process only.
   _photos_and_unreadable_files(photos, copies=6)
   over = ("stage=continuous", "train.eval_at_end=False", "train.steps.continuous=12",
-          "train.crop_size.continuous=64", "train.checkpoint_every=3", f"data.train={photos}")
+          "train.crop_size.continuous=64", "train.checkpoint_every=6", f"data.train={photos}")
   cmd = ["bash", str(ROOT / "launch" / "local.sh"), "2", "--config", TINY, "--workdir",
          str(run), *[f"--config.{o}" for o in over]]
   env = _env(compile_cache, devices=2, PYTHON=sys.executable)
