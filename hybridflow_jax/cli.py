@@ -53,9 +53,11 @@ def _add_config_flags(p: argparse.ArgumentParser, required: bool = True) -> None
                  help="train: absl logging verbosity, -1 warnings (default), 0 info, 1 debug")
 
 
-def _add_codec_file_flags(p: argparse.ArgumentParser) -> None:
-  p.add_argument("input")
-  p.add_argument("output")
+def _add_codec_file_flags(p: argparse.ArgumentParser, inputs: str, outputs: str) -> None:
+  p.add_argument("input", help=f"{inputs}, or a folder of them (recursive: each file under it is "
+                 "coded, the model loaded once)")
+  p.add_argument("output", help=f"{outputs}; with a folder as input, the folder to write them to, "
+                 "at the same relative paths")
   p.add_argument("--model", default=None, metavar="NAME|PATH",
                  help="a bundle directory written by hybridflow export, or the name of a model "
                       f"shipped with hybridflow-jax (default: {pretrained.DEFAULT}, the shipped "
@@ -117,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="at most this many images for the codeword counts (default 1000)")
   p.add_argument("--force", action="store_true", help="replace an existing bundle")
 
-  p = command("compress", "compress an image into a HybridFlow file (IN OUT [--model NAME|PATH])")
-  _add_codec_file_flags(p)
+  p = command("compress", "compress an image into a HybridFlow file (IN OUT [--model NAME|PATH]); "
+              "or a folder of images into a folder")
+  _add_codec_file_flags(p, "an image file (PNG, JPEG, WebP, TIFF, BMP)",
+                        "the HybridFlow file to write (.hfc)")
   p.add_argument("--schedule", default=None,
                  help=f"{', '.join(schedules.ALL)} (default {schedules.DEFAULT})")
   p.add_argument("--target-bpp", "--target_bpp", dest="target_bpp", type=float, default=None,
@@ -129,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "complexity score, no decoding: faster)")
 
   p = command("decompress", "decompress a HybridFlow file into an image (IN OUT [--model "
-              "NAME|PATH])")
-  _add_codec_file_flags(p)
+              "NAME|PATH]); or a folder of them into a folder of PNG images")
+  _add_codec_file_flags(p, "a HybridFlow file (.hfc)",
+                        "the lossless image to write (.png, .bmp, .ppm, .tif)")
 
   p = command("ablate", "the paper's claims on held-out photos with real files: hybrid per "
               "schedule, codebook-only, y_hat zeroed, continuous-only, AVIF (--workdir RUN --data "

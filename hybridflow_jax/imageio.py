@@ -21,6 +21,10 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+# The file names taken as images wherever a folder of them is read: training and evaluation data,
+# `prepare-data`, and `compress` of a folder. Compared case-insensitively.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+
 
 def to_rgb8(a) -> tuple[np.ndarray, list[str]]:
   """uint8 [H, W, 3] from an image array, and notes on what was converted.

@@ -267,6 +267,39 @@ def test_cli_compress_with_target_bpp(bundle_dir, compile_cache, photos, tmp_pat
   assert r.returncode == 2 and "--force" in r.stderr and out.read_bytes() == before
 
 
+def test_cli_codes_a_folder_with_the_model_loaded_once(bundle_dir, codec, compile_cache, photos,
+                                                      tmp_path):
+  """A folder in, a folder out (relative paths kept): each file as the API codes it; a file that
+  cannot be read is named, the others still written, and the exit status says so."""
+  src, hfc, png = tmp_path / "photos", tmp_path / "hfc", tmp_path / "png"
+  (src / "sub").mkdir(parents=True)
+  Image.fromarray(photos["coffee"]).save(src / "coffee.png")
+  Image.fromarray(photos["flower"]).save(src / "sub" / "flower.png")
+  (src / "broken.jpg").write_bytes(b"not a jpeg")
+  (src / "notes.txt").write_text("not an image, and not named like one: ignored\n")
+  env, model = run_env(compile_cache), ("--model", bundle_dir[0])
+  r = hybridflow("compress", src, hfc, *model, env=env)
+  assert r.returncode == 2, r.stderr
+  errors = r.stderr.strip().splitlines()
+  assert len(errors) == 2 and "broken.jpg" in errors[0] and "1 of 3 image files failed" in errors[1]
+  assert sorted(p.relative_to(hfc).as_posix() for p in hfc.rglob("*") if p.is_file()) == [
+      "coffee.hfc", "sub/flower.hfc"]
+  assert [json.loads(line)["input"] for line in r.stdout.splitlines()] == [
+      str(src / "coffee.png"), str(src / "sub" / "flower.png")]
+  for name, rel in (("coffee", "coffee"), ("flower", "sub/flower")):
+    assert (hfc / f"{rel}.hfc").read_bytes() == codec.compress(photos[name], "1_4"), name
+  r = hybridflow("decompress", hfc, png, *model, env=env)
+  assert r.returncode == 0, r.stderr
+  for rel in ("coffee", "sub/flower"):
+    np.testing.assert_array_equal(np.asarray(Image.open(png / f"{rel}.png")),
+                                  codec.decompress((hfc / f"{rel}.hfc").read_bytes()))
+  # Outputs that exist are refused before any work (the message counts them), and kept.
+  before = (hfc / "coffee.hfc").stat().st_mtime_ns
+  r = hybridflow("compress", src, hfc, *model, "--schedule", "1_16", env=env)
+  assert r.returncode == 2 and "(and 1 more of the outputs)" in r.stderr and "--force" in r.stderr
+  assert (hfc / "coffee.hfc").stat().st_mtime_ns == before
+
+
 # --------------------------------------------------------------------------------------------------
 # Determinism across processes.
 

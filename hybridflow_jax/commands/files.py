@@ -17,6 +17,9 @@ from hybridflow_jax.codec import container
 from hybridflow_jax.codec.bundle import BundleError
 from hybridflow_jax.errors import UserError, reported_as_user_errors
 
+# The suffix of HybridFlow files that `compress` gives them and `decompress` of a folder looks for.
+HFC_SUFFIX = ".hfc"
+
 
 def model_dir(model: str | None) -> pathlib.Path:
   """The bundle directory of --model: a directory or a shipped model's name; without --model, the
@@ -65,6 +68,44 @@ def check_output_dir(path: str, force: bool) -> pathlib.Path:
   return out
 
 
+def folder_pairs(src: pathlib.Path, out_dir: str, suffixes: tuple[str, ...], out_suffix: str,
+                 force: bool, kind: str) -> list[tuple[pathlib.Path, pathlib.Path]]:
+  """(input, output) for every file under the folder `src` (recursive; hidden files and folders
+  skipped) whose suffix is one of `suffixes`: the output is at the same path under `out_dir` with
+  `out_suffix`. Checked before any work, so that nothing is half done: UserError if there is no
+  input, if two inputs would write one output, or if an output exists (without `force`). Creates
+  `out_dir`."""
+  out = pathlib.Path(out_dir)
+  if out.exists() and not out.is_dir():
+    raise UserError(f"{out} is a file: with a folder as input the output is a folder")
+  inputs = sorted(
+      p for p in src.rglob("*")
+      if p.suffix.lower() in suffixes and not any(part.startswith(".") for part in
+                                                  p.relative_to(src).parts) and p.is_file())
+  if not inputs:
+    raise UserError(f"{src}: no {kind} files ({', '.join(suffixes)}) in it or below it")
+  pairs = [(p, out / p.relative_to(src).with_suffix(out_suffix)) for p in inputs]
+  first: dict[pathlib.Path, pathlib.Path] = {}
+  for p, o in pairs:
+    if o in first:
+      raise UserError(f"{first[o]} and {p} would both be written to {o} (rename one)")
+    first[o] = p
+  if dirs := [o for _, o in pairs if o.is_dir()]:
+    raise UserError(f"{dirs[0]} is a directory")
+  if (existing := [o for _, o in pairs if o.exists()]) and not force:
+    more = f" (and {len(existing) - 1} more of the outputs)" if len(existing) > 1 else ""
+    raise UserError(f"{existing[0]} exists{more}: pass --force to replace them")
+  out.mkdir(parents=True, exist_ok=True)
+  return pairs
+
+
+def report_folder(failed: int, total: int, kind: str) -> None:
+  """After a folder: UserError if any of its `total` files failed (each reported as it failed)."""
+  if failed:
+    raise UserError(f"{failed} of {total} {kind} files failed (each named above); the other "
+                    f"{total - failed} were written")
+
+
 def write_atomically(out: pathlib.Path, write: Callable[[pathlib.Path], None]) -> None:
   """Calls write(temporary path) and renames the result to `out`; removes it if write fails."""
   tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -80,7 +121,7 @@ def read_input(path: str) -> bytes:
   """The bytes of the input file `path` (UserError if it cannot be read)."""
   p = pathlib.Path(path)
   if p.is_dir():
-    raise UserError(f"{p} is a directory, not a file (one input file per command)")
+    raise UserError(f"{p} is a directory, not a file")
   if not p.is_file():
     raise UserError(f"{p}: no such file")
   try:

@@ -34,8 +34,8 @@ from PIL import Image
 
 from hybridflow_jax import imageio
 from hybridflow_jax.data import demo
+from hybridflow_jax.imageio import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 DEMO_SPLITS = ("train", "heldout", "all")
 # "skipped" holds this many source indices per batch image; further skips are only counted.
 SKIPPED_PER_IMAGE = 4

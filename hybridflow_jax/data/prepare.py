@@ -24,8 +24,8 @@ import re
 import tensorflow_datasets as tfds
 
 from hybridflow_jax import imageio
-from hybridflow_jax.data.pipeline import IMAGE_EXTENSIONS
 from hybridflow_jax.errors import UserError
+from hybridflow_jax.imageio import IMAGE_EXTENSIONS
 
 # A TFDS data set or split name.
 TFDS_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
