@@ -25,7 +25,8 @@
     `hybridflow decompress` of the same photo, each a fresh process (start-up, imports, loading the
     model, tracing, compiling or reading compiled programs, the work, writing the file): once with
     an empty compile cache, then median of --reps runs with the cache that first run filled, and
-    median of --reps runs with the cache off (HYBRIDFLOW_COMPILE_CACHE=off: every run compiles).
+    median of --reps runs with the cache off (HYBRIDFLOW_COMPILE_CACHE=off: every run compiles);
+    then each command once on a folder of 8 copies of the photo (warm cache), per file.
 Times of (a)-(e) are medians of repeated runs after a warm-up (no compilation timed).
 """
 
@@ -473,10 +474,14 @@ def peer_comparison(cfg, image: np.ndarray, peer_python: str, reps: int, rounds:
           "ratio_compress_plus_decompress": both(ours) / both(peer)}
 
 
+# Copies of the photo in the folder that `compress` / `decompress` of a folder are timed on.
+FOLDER_FILES = 8
+
+
 def cli_latency(model: str, image: np.ndarray, reps: int, log) -> dict:
   """Wall seconds of `hybridflow compress` / `decompress` as fresh processes, with and without the
   commands' cache (cli.COMPILE_CACHE_ENV: XLA's compiled programs, and the exported programs of
-  codec/programs.py beside them)."""
+  codec/programs.py beside them); and of each command on a folder of FOLDER_FILES copies."""
   from PIL import Image
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
@@ -500,6 +505,21 @@ def cli_latency(model: str, image: np.ndarray, reps: int, log) -> dict:
     for key, setting in (("warm_cache", cache), ("cache_off", "off")):
       runs = [wall(setting) for _ in range(reps)]
       result[key] = {k: statistics.median(r[k] for r in runs) for k in ("compress", "decompress")}
+    # A folder of FOLDER_FILES copies, each command run once on the whole folder (warm cache):
+    # the seconds per file a user coding many photos waits for.
+    folder = tmp / "folder"
+    folder.mkdir()
+    for i in range(FOLDER_FILES):
+      os.link(tmp / "photo.png", folder / f"photo{i}.png")
+    result["folder"] = {"files": FOLDER_FILES}
+    for name, args in (("compress", ["compress", folder, tmp / "coded"]),
+                       ("decompress", ["decompress", tmp / "coded", tmp / "decoded"])):
+      t = time.perf_counter()
+      subprocess.run([*cmd, *map(str, args), "--model", model], check=True,
+                     env={**env, "HYBRIDFLOW_COMPILE_CACHE": cache}, cwd=ROOT,
+                     stdout=subprocess.DEVNULL)
+      result["folder"][name] = time.perf_counter() - t
+      result["folder"][f"{name}_per_file"] = result["folder"][name] / FOLDER_FILES
     programs = list((tmp / "cache").glob("*-cache"))  # beside them: -atime files, a lock
     result["cache_programs"] = len(programs)
     result["cache_bytes"] = sum(p.stat().st_size for p in programs)

@@ -94,7 +94,10 @@ def test_info_of_a_file_reads_its_header_without_jax(tmp_path):
     (("bogus-command",), "invalid choice"),
     (("plan", "--config", "configs/tiny.py", "--devices", "0"), "--devices must be in"),
     (("compress", "README.md", "never-written.hfc"), "README.md: not an image file this reads"),
-    (("compress", "tests", "never-written.hfc"), "tests is a directory, not a file"),
+    (("compress", "configs", "never-written"), "configs: no image files (.png, .jpg"),
+    (("compress", "docs", "README.md"), "README.md is a file: with a folder as input the output "
+                                        "is a folder"),
+    (("decompress", "configs", "never-written"), "configs: no HybridFlow files (.hfc)"),
     (("compress", "README.md", "no-such-folder/x.hfc"),
      "no-such-folder: no such directory (create it first)"),
     (("decompress", "never-there.hfc", "never-written.png"), "never-there.hfc: no such file"),
