@@ -12,7 +12,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from hybridflow_jax import config_io
+from hybridflow_jax import cli, config_io
 from hybridflow_jax.codec import bundle
 from hybridflow_jax.errors import UserError
 
@@ -102,11 +102,33 @@ def test_info_of_a_file_reads_its_header_without_jax(tmp_path):
      "no-such-folder: no such directory (create it first)"),
     (("decompress", "never-there.hfc", "never-written.png"), "never-there.hfc: no such file"),
 ])
-def test_user_errors_are_one_line_and_exit_2(args, message):
+def test_user_errors_are_one_line_and_exit_2(args, message, capsys, monkeypatch):
+  # In this process (`cli.main`, what the `hybridflow` script runs; a process each took about 2 s
+  # of start-up): SUBPROCESS_CASES below run a few as real processes, whose whole stderr counts.
+  monkeypatch.chdir(ROOT)
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # `plan` may set it
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(list(args))
+  _assert_one_line_error(args, exit_info.value.code, capsys.readouterr().err, message)
+
+
+SUBPROCESS_CASES = [
+    (("info", "--config", "configs/missing.py"), "cannot load --config"),
+    (("train", "--config", "configs/tiny.py"), "--workdir is required"),
+    (("compress", "README.md", "never-written.hfc"), "README.md: not an image file this reads"),
+]
+
+
+@pytest.mark.parametrize("args, message", SUBPROCESS_CASES)
+def test_user_errors_of_a_real_process_are_one_line(args, message):
   r = hybridflow(*args)
-  assert r.returncode == 2, (args, r.stderr)
-  lines = r.stderr.strip().splitlines()
-  assert len(lines) == 1 and message in lines[0], (args, r.stderr)
+  _assert_one_line_error(args, r.returncode, r.stderr, message)
+
+
+def _assert_one_line_error(args, status, stderr, message):
+  assert status == 2, (args, stderr)
+  lines = stderr.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], (args, stderr)
   assert lines[0].startswith(f"hybridflow {args[0]}: error: " if args[0] != "bogus-command"
                              else "hybridflow: error: ")
 
