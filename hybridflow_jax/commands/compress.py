@@ -47,18 +47,13 @@ def _run_folder(ns) -> None:
   model = files.model_dir(ns.model)
   limit = ns.max_pixels or DEFAULT_MAX_PIXELS
   codec = _load(model, ns, limit)
-  failed = 0
-  for path, out in pairs:
-    try:
-      image, notes = _read_image(str(path), limit)
-      for note in notes:
-        print(f"hybridflow compress: note: {path}: {note}", file=sys.stderr)
-      out.parent.mkdir(parents=True, exist_ok=True)
-      _compress(codec, image, ns, out, source=path)
-    except UserError as e:
-      failed += 1
-      print(f"hybridflow compress: error: {e}", file=sys.stderr)
-  files.report_folder(failed, len(pairs), "image")
+
+  def code(path: pathlib.Path, out: pathlib.Path) -> None:
+    image, notes = _read_image(str(path), limit)
+    for note in notes:
+      print(f"hybridflow compress: note: {path}: {note}", file=sys.stderr)
+    _compress(codec, image, ns, out, source=path)
+  files.code_folder(pairs, code, "hybridflow compress", "image")
 
 
 def _read_image(name: str, limit: int):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 
 from PIL import Image
 
@@ -44,16 +43,12 @@ def _run_folder(ns) -> None:
   pairs = files.folder_pairs(pathlib.Path(ns.input), ns.output, (files.HFC_SUFFIX,), ".png",
                              ns.force, "HybridFlow")
   model = files.model_dir(ns.model)
-  fingerprint, codec, failed = files.bundle_fingerprint(model), _Loader(model, ns), 0
-  for path, out in pairs:
-    try:
-      data, header = _read_file(str(path), fingerprint)
-      out.parent.mkdir(parents=True, exist_ok=True)
-      _decompress(codec, data, header, out, "PNG", str(path), report_input=True)
-    except UserError as e:
-      failed += 1
-      print(f"hybridflow decompress: error: {e}", file=sys.stderr)
-  files.report_folder(failed, len(pairs), "HybridFlow")
+  fingerprint, codec = files.bundle_fingerprint(model), _Loader(model, ns)
+
+  def code(path: pathlib.Path, out: pathlib.Path) -> None:
+    data, header = _read_file(str(path), fingerprint)
+    _decompress(codec, data, header, out, "PNG", str(path), report_input=True)
+  files.code_folder(pairs, code, "hybridflow decompress", "HybridFlow")
 
 
 def _read_file(name: str, fingerprint: bytes):

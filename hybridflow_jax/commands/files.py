@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import sys
 from collections.abc import Callable
 
 from hybridflow_jax import pretrained
@@ -99,11 +100,21 @@ def folder_pairs(src: pathlib.Path, out_dir: str, suffixes: tuple[str, ...], out
   return pairs
 
 
-def report_folder(failed: int, total: int, kind: str) -> None:
-  """After a folder: UserError if any of its `total` files failed (each reported as it failed)."""
+def code_folder(pairs: list[tuple[pathlib.Path, pathlib.Path]],
+                code: Callable[[pathlib.Path, pathlib.Path], None], prog: str, kind: str) -> None:
+  """code(input, output) for each of `folder_pairs`' pairs; a UserError is printed as one line
+  naming the file and the others go on. UserError at the end if any failed."""
+  failed = 0
+  for path, out in pairs:
+    try:
+      out.parent.mkdir(parents=True, exist_ok=True)
+      code(path, out)
+    except UserError as e:
+      failed += 1
+      print(f"{prog}: error: {e}", file=sys.stderr)
   if failed:
-    raise UserError(f"{failed} of {total} {kind} files failed (each named above); the other "
-                    f"{total - failed} were written")
+    raise UserError(f"{failed} of {len(pairs)} {kind} files failed (each named above); the other "
+                    f"{len(pairs) - failed} were written")
 
 
 def write_atomically(out: pathlib.Path, write: Callable[[pathlib.Path], None]) -> None:
