@@ -34,7 +34,6 @@ from PIL import Image
 
 from hybridflow_jax import imageio
 from hybridflow_jax.data import demo
-from hybridflow_jax.imageio import IMAGE_EXTENSIONS
 
 DEMO_SPLITS = ("train", "heldout", "all")
 # "skipped" holds this many source indices per batch image; further skips are only counted.
@@ -167,9 +166,10 @@ def _folder_source(folder: str, spec: str) -> FolderSource:
   root = pathlib.Path(folder).expanduser()
   if not root.is_dir():
     raise ValueError(f"data spec {spec!r}: no such directory {str(root)!r}")
-  paths = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+  paths = sorted(str(p) for p in root.rglob("*")
+                 if p.suffix.lower() in imageio.IMAGE_EXTENSIONS and p.is_file())
   if not paths:
-    kinds = "/".join(e[1:] for e in IMAGE_EXTENSIONS)
+    kinds = "/".join(e[1:] for e in imageio.IMAGE_EXTENSIONS)
     raise ValueError(f"data spec {spec!r}: no image files ({kinds}) under {str(root)!r}")
   return FolderSource(str(root), paths)
 

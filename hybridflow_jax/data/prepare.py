@@ -25,14 +25,14 @@ import tensorflow_datasets as tfds
 
 from hybridflow_jax import imageio
 from hybridflow_jax.errors import UserError
-from hybridflow_jax.imageio import IMAGE_EXTENSIONS
 
 # A TFDS data set or split name.
 TFDS_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def _files(folder: pathlib.Path) -> list[pathlib.Path]:
-  return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+  return sorted(p for p in folder.rglob("*")
+                if p.is_file() and p.suffix.lower() in imageio.IMAGE_EXTENSIONS)
 
 
 def _readable(path: pathlib.Path) -> bytes | None:
@@ -56,7 +56,8 @@ def prepare_folder(name: str, splits: dict[str, str], data_dir: str, log=print) 
       raise UserError(f"--split {split}={folder}: not a directory")
     files = _files(root)
     if not files:
-      raise UserError(f"--split {split}={folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+      raise UserError(f"--split {split}={folder}: no image files "
+                      f"({', '.join(imageio.IMAGE_EXTENSIONS)})")
     lists[split] = files
   target = pathlib.Path(data_dir) / name
   if target.exists() and any(target.iterdir()):
