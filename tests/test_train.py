@@ -6,6 +6,7 @@ All runs share one persistent compilation cache, so each distinct program compil
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,7 +41,7 @@ def _flat(tree):
   return np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(tree)])
 
 
-def test_pipeline_runs_every_stage_and_each_learns(compile_cache, tiny_run):
+def test_pipeline_runs_every_stage_and_each_learns(compile_cache, tiny_run, tiny_params):
   tmp_path, r = tiny_run
   for stage in ("vq", "continuous", "transformer", "bridge", "baseline"):
     summary = json.loads((tmp_path / stage / "summary.json").read_text())
@@ -55,6 +56,8 @@ def test_pipeline_runs_every_stage_and_each_learns(compile_cache, tiny_run):
   kept = {k: results[k]["keep_ratio"] for k in schedules.OPERATING_POINTS}
   assert kept["1_16"] < kept["1_9"] <= kept["1_4"] and kept["dynamic"] <= 0.125
   assert "PSNR" in r.stdout and "dynamic" in r.stdout and "flat mean" in r.stdout
+  # Each stage took the earlier stages' params from memory, not from the files just written.
+  assert r.stdout.count("params from this run") == 1 + 2 + 3 + 4, r.stdout
   # Each stage evaluated what it trains, next to the flat-mean-colour reference.
   evals = {s: json.loads((tmp_path / s / "summary.json").read_text())["eval"]
            for s in ("vq", "continuous", "transformer")}
@@ -72,16 +75,22 @@ def test_pipeline_runs_every_stage_and_each_learns(compile_cache, tiny_run):
   assert min(bpp) > cfg_rate_target() and np.mean(bpp[-8:]) < 0.95 * np.mean(bpp[:8]), bpp
   # The codebook learns from the start: k-means on the first batch moves it off its random init,
   # and usage (read bias-corrected from zero) shows most codes in use, not a uniform placeholder.
-  cfg = config_io.load_config(TINY)
-  start = np.asarray(hf.init_params(hf.build_model(cfg), jax.random.PRNGKey(cfg.seed))
-                     ["quantizer"]["codebook"])
+  assert config_io.load_config(TINY).seed == 0  # the seed of `tiny_params`
+  start = np.asarray(tiny_params["quantizer"]["codebook"])
   moved = np.abs(np.asarray(final_params(tmp_path, "vq")["quantizer"]["codebook"]) - start)
   assert moved.mean() > 0.25 * np.abs(start).mean(), (moved.mean(), np.abs(start).mean())
   vq_last = json.loads((tmp_path / "vq" / "summary.json").read_text())["history"][-1]
   assert vq_last["codes_used"] >= 0.5 and 16 < vq_last["perplexity"] < 64, vq_last
-  # Re-running the finished pipeline redoes nothing.
-  again = train(compile_cache, tmp_path, *TINY_PIPELINE[1:])
-  assert again.stdout.count("already finished") == 5
+  # A pipeline stopped before its transformer stage finished, run again in a new process: the
+  # finished stages are skipped, the transformer stage reads theirs from their files, and trains
+  # to the same params, to the bit, as in the run that had them in memory.
+  before = _flat(final_params(tmp_path, "transformer"))
+  shutil.rmtree(tmp_path / "transformer")
+  again = train(compile_cache, tmp_path, *TINY_PIPELINE[1:], "train.eval_at_end=False")
+  assert again.stdout.count("already finished") == 4, again.stdout
+  assert [line.split()[3] for line in again.stdout.splitlines() if "params from" in line] == [
+      "vq", "continuous"] and "from this run" not in again.stdout, again.stdout
+  np.testing.assert_array_equal(_flat(final_params(tmp_path, "transformer")), before)
 
 
 def _wait_for_checkpoint(workdir, stage, proc, min_step=1, timeout=300):

@@ -82,12 +82,22 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _load_earlier_stages(rundir: RunDir, stage: str, params, abstract) -> Any:
-  """Params of every finished earlier stage, each contributing the groups it trained."""
+def _load_earlier_stages(run: Run, stage: str, params, abstract) -> Any:
+  """Params of every finished earlier stage, each contributing the groups it trained: from memory
+  when this call trained that stage (`Run.finished`), else from its folder."""
   params = flax.core.unfreeze(params)
   for earlier in stages.NAMES[:stages.NAMES.index(stage)]:
-    folder = rundir.stage(earlier)
+    folder = run.rundir.stage(earlier)
     if not folder.is_done():
+      continue
+    if earlier in run.finished:
+      flat = flax.traverse_util.flatten_dict(params, sep="/")
+      where = flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract), sep="/")
+      for key, value in run.finished[earlier].items():
+        # A copy: this stage's update step donates the state it goes into.
+        flat[key] = jax.device_put(value, where[key].sharding, may_alias=False)
+      params = flax.traverse_util.unflatten_dict(flat, sep="/")
+      _log(f"[{stage}] took the {earlier} stage's params from this run")
       continue
     loaded = ckpt_lib.load_params(folder.params, abstract)
     trained = stages.trainable(loaded, earlier)
@@ -155,6 +165,9 @@ class Run:
     self.fine_tuning = self._init_bundle is not None
     self._initial_params = None
     self._evaluators: dict[Any, Evaluator] = {}
+    # {stage: {"group/.../param": array}}, the params each stage this call finished trained: later
+    # stages take them from here, not from the files just written (the same arrays, to the bit).
+    self.finished: dict[str, dict[str, jax.Array]] = {}
 
   def initial_params(self):
     """Freshly initialised params, with `train.init_from`'s arrays in place of theirs, created on
@@ -213,7 +226,7 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
     _log(f"[{stage}] resumed from step {latest} ({folder.checkpoints})"
          + ("" if restore_data else "; input restarts (process count changed)"))
   else:
-    params = _load_earlier_stages(run.rundir, stage, run.initial_params(), abstract_state.params)
+    params = _load_earlier_stages(run, stage, run.initial_params(), abstract_state.params)
     # A stage's start-up (the bridge as a copy of the pixel decoder) is for training from scratch:
     # a model to fine-tune brings its own.
     if record.start is not None and not run.fine_tuning:
@@ -290,6 +303,10 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
       shutil.rmtree(folder.params)
     multihost_utils.sync_global_devices(f"hybridflow {stage} params cleared")
   ckpt_lib.save_params(folder.params, final)
+  trained = flax.traverse_util.flatten_dict(flax.core.unfreeze(stages.trainable(final, stage)),
+                                            sep="/")
+  run.finished[stage] = {k: v for k, v in flax.traverse_util.flatten_dict(
+      flax.core.unfreeze(final), sep="/").items() if trained[k]}
   ckpt_lib.write_json(folder.summary, {
       "stage": stage, "steps": step, "skipped_images": sorted(bad_records),
       "history": history, "eval": result})
