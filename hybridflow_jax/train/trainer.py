@@ -170,17 +170,11 @@ class Run:
     self.finished: dict[str, dict[str, jax.Array]] = {}
 
   def initial_params(self):
-    """Freshly initialised params, with `train.init_from`'s arrays in place of theirs, on their
-    shardings, made once per process (a resumed stage never needs them)."""
+    """Freshly initialised params, with `train.init_from`'s arrays in place of theirs, created on
+    their shardings once per process (a resumed stage never needs them)."""
     if self._initial_params is None:
-      # One program for every mesh and process count, run on this process's first device and
-      # placed from host memory (the values do not depend on the placement): it is mostly the
-      # random numbers of every array, 12 s (tiny) to 32 s (small) to compile on 2 cores, so it
-      # compiles once per machine with the compilation cache, not once per device count.
-      host = jax.device_get(hf.init_params(self.model, jax.random.PRNGKey(self.cfg.seed)))
-      params = jax.tree.map(
-          lambda v, s: jax.make_array_from_callback(v.shape, s, lambda i, v=v: v[i]),
-          host, self.param_shardings)
+      init = jax.jit(lambda r: hf.init_params(self.model, r), out_shardings=self.param_shardings)
+      params = init(jax.random.PRNGKey(self.cfg.seed))
       if self._init_bundle is not None:
         (name, flat), self._init_bundle = self._init_bundle, None
         params = overlay_bundle(params, flat, self.param_shardings)
