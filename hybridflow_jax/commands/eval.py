@@ -15,18 +15,17 @@ import sys
 from collections.abc import Sequence
 
 from hybridflow_jax import schedules
-from hybridflow_jax.codec.api import Codec
-from hybridflow_jax.codec.bundle import BundleError
-from hybridflow_jax.data import pipeline
 from hybridflow_jax.errors import UserError, reported_as_user_errors
-from hybridflow_jax.evaluation import baselines, loop, plots, references, report
-from hybridflow_jax.train import export
 
 
 def run(ns) -> None:
   datasets = parse_data(ns.data)
   with reported_as_user_errors(ValueError, prefix="--schedules: "):
     points = schedules.parse_list(ns.schedules)
+  # After the checks that need nothing else (a mistyped flag answers at once, not after ~3 s of
+  # importing jax, the codec and the plotting).
+  from hybridflow_jax.data import pipeline
+  from hybridflow_jax.evaluation import baselines, loop, plots, references, report
   chosen = None if ns.baselines is None else [
       b.strip() for b in ns.baselines.split(",") if b.strip() and b.strip() != "none"]
   baseline_codecs = baselines.baselines(chosen)
@@ -78,9 +77,12 @@ def parse_data(specs: Sequence[str]) -> dict[str, str]:
   return out
 
 
-def _load(ns) -> Codec:
+def _load(ns):
   """The codec of --model (a directory or a shipped model's name), or of --workdir's final params
   (its bundle built in memory)."""
+  from hybridflow_jax.codec.api import Codec
+  from hybridflow_jax.codec.bundle import BundleError
+  from hybridflow_jax.train import export
   if ns.model:
     with reported_as_user_errors(BundleError):
       return Codec.load(ns.model)
@@ -92,6 +94,7 @@ def _load(ns) -> Codec:
 
 def _clear(target: pathlib.Path) -> None:
   """Removes the outputs of an earlier evaluation (with --force); nothing else in `target`."""
+  from hybridflow_jax.evaluation import plots, report
   for name in (*report.FILES, *plots.FILES):
     (target / name).unlink(missing_ok=True)
   if (target / "files").is_dir():
