@@ -9,10 +9,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
 # The tiny pipeline most tests train (once per session, `tiny_run` in conftest.py). Checkpoints only
 # at each stage's first and last step (orbax takes ~2 s a save here): the runs that test resuming
-# checkpoint more often.
+# checkpoint more often. No LPIPS in its losses (AlexNet's backward pass in three stages' steps
+# cost a fifth of the run); that the steps carry the term when it is on is checked on their traces
+# (test_train.py).
 TINY_PIPELINE = ("train.log_every=1", "train.steps.vq=16", "train.steps.continuous=40",
                  "train.steps.transformer=16", "train.steps.bridge=16", "train.steps.baseline=16",
-                 "losses.gan_start=100", "train.checkpoint_every=1000")
+                 "losses.gan_start=100", "losses.lpips_weight=0", "train.checkpoint_every=1000")
 # Short runs of one stage (interrupted, resumed, compared) share this program: same stage, crop and
 # step count, so it compiles once per session. Checkpoints (~0.5 s each) at steps 1, 6, 12, 18 and 24;
 # one shows on disk when the next one starts, so a run interrupted as soon as step 6's appears still

@@ -315,21 +315,24 @@ def test_local_launcher_stops_every_process_when_one_fails(compile_cache, tmp_pa
   assert r.returncode == 2 and "usage" in r.stderr
 
 
-@pytest.mark.parametrize("gan_start, gan_metrics", [(4, True), (8, False)])
-def test_gan_terms_compile_only_when_they_switch_on_within_the_stage(gan_start, gan_metrics):
+@pytest.mark.parametrize("gan_start, lpips_weight, on", [(4, 1.0, True), (8, 0.0, False)])
+def test_gan_and_lpips_terms_compile_only_when_they_apply(gan_start, lpips_weight, on):
   """A bridge stage of 8 steps with gan_start 8 never applies its GAN: its step has no GAN terms
-  (no discriminator or second backward pass to pay for); with gan_start 4 it has them."""
+  (no discriminator or second backward pass to pay for); with gan_start 4 it has them. LPIPS is in
+  the loss (and its metrics) when its weight is above 0, and not compiled otherwise."""
   import jax.numpy as jnp
 
   from hybridflow_jax.train import sharding as shard_lib
   from hybridflow_jax.train import steps as steps_lib
-  cfg = config_io.load_config(TINY, [f"--config.losses.gan_start={gan_start}"])
+  cfg = config_io.load_config(TINY, [f"--config.losses.gan_start={gan_start}",
+                                     f"--config.losses.lpips_weight={lpips_weight}"])
   model = hf.build_model(cfg)
   mesh = shard_lib.make_mesh((("data", -1),))
   built = steps_lib.stage_step(model, cfg, "bridge", mesh, hf.param_shapes(model), 8)
   x = jax.ShapeDtypeStruct((2, built.crop, built.crop, 3), jnp.uint8)
   _, metrics = jax.eval_shape(built.step, built.abstract_state, x)
-  assert ("gan_d" in metrics and "gan_g" in metrics) == gan_metrics
+  assert ("gan_d" in metrics and "gan_g" in metrics) == on
+  assert ("lpips" in metrics) == on
   # The discriminator stays in the state either way: checkpoints do not depend on gan_start.
   assert jax.tree.leaves(built.abstract_state.disc_params)
 
@@ -360,11 +363,11 @@ def test_fine_tuning_trains_one_stage_from_a_model_bundle(compile_cache, tiny_ru
   train end as the bundle has them, and the bridge starts from the bundle's bridge, not from a copy
   of the pixel decoder (the from-scratch start)."""
   from hybridflow_jax.codec import bundle as bundle_lib
-  # The tiny pipeline's programs (same bridge steps and GAN switch; the seed is an argument): with
-  # `tiny_run` this test runs after it on its worker and reads them from the cache (25 s here)
-  # instead of compiling them beside it (58 s).
+  # The tiny pipeline's programs (same bridge steps, GAN switch and losses; the seed is an
+  # argument): with `tiny_run` this test runs after it on its worker and reads them from the cache
+  # (25 s here) instead of compiling them beside it (58 s).
   r = train(compile_cache, tmp_path, "stage=bridge", "train.eval_at_end=False",
-            "train.steps.bridge=16", "losses.gan_start=100", "seed=1",
+            "train.steps.bridge=16", "losses.gan_start=100", "losses.lpips_weight=0", "seed=1",
             f"train.init_from={untrained_bundle}")
   assert "parameter arrays from" in r.stdout and "initialised from seed 1" in r.stdout, r.stdout
   assert (tmp_path / "bridge" / "DONE").read_text().strip() == "16"

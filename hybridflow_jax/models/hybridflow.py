@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.extend import core as jax_core
 
 from hybridflow_jax import schedules
 from hybridflow_jax.config import legacy_get
@@ -137,25 +138,32 @@ def build_model(config: ml_collections.ConfigDict) -> HybridFlow:
 
 
 def init_params(model: HybridFlow, rng: jax.Array, image_size: int = 64) -> dict[str, Any]:
-  """Initialises every parameter on a [1, image_size, image_size, 3] dummy image."""
-  x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  # Jitted: op-by-op initialisation of this many modules is far slower than one compile.
-  init = jax.jit(lambda r: model.init({"params": r}, x, jax.random.PRNGKey(0))["params"])
-  return init(rng)
+  """Initialises every parameter on a [1, image_size, image_size, 3] dummy image; `rng` is a raw
+  key (jax.random.PRNGKey)."""
+  return _init_program(model, image_size)[0](rng)
 
 
 def param_shapes(model: HybridFlow, image_size: int = 64):
   """The parameter tree as ShapeDtypeStructs; allocates nothing (for overviews and AOT plans)."""
-  # A fresh tree each call (callers may build on it); the trace behind it is made once per model.
-  return jax.tree.map(lambda a: a, _param_shapes(model, image_size))
+  # A fresh tree each call (callers may build on it).
+  return jax.tree.map(lambda a: a, _init_program(model, image_size)[1])
 
 
 @functools.lru_cache(maxsize=8)
-def _param_shapes(model: HybridFlow, image_size: int):
-  # Modules are frozen dataclasses, hashed and compared by their fields: equal configs share this.
-  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  init = lambda r, x: model.init({"params": r}, x, jax.random.PRNGKey(0))["params"]
-  return jax.eval_shape(init, jax.random.PRNGKey(0), x)
+def _init_program(model: HybridFlow, image_size: int):
+  """`model.init` traced once per model (its modules' Python is most of the cost of a trace): the
+  jitted initialisation, which replays that trace, and the param shapes read from it. Modules are
+  frozen dataclasses, hashed and compared by their fields: equal configs share this."""
+  def init(rng):
+    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    return model.init({"params": rng}, x, jax.random.PRNGKey(0))["params"]
+
+  closed, shapes = jax.make_jaxpr(init, return_shape=True)(
+      jax.ShapeDtypeStruct((2,), jnp.uint32))
+  treedef, replay = jax.tree.structure(shapes), jax_core.jaxpr_as_fun(closed)
+  # Jitted: op-by-op initialisation of this many modules is far slower than one compile. The
+  # replay computes what `init` does, op for op: the same params to the bit.
+  return jax.jit(lambda rng: treedef.unflatten(replay(rng))), shapes
 
 
 def keep_maps(images: jax.Array, schedule: str, masking: ml_collections.ConfigDict):
