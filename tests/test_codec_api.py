@@ -402,15 +402,16 @@ def _peak_rss_bytes() -> int:
 
 @pytest.mark.parametrize("reseal", [False, True], ids=["raw", "resealed"])
 def test_fuzzed_files_never_crash_hang_or_allocate(codec, good_file, reseal):
-  """2,000 mutated files, 1,000 resealed: those fix the checksum after mutating only the payload,
+  """1,000 mutated files, 500 resealed: those fix the checksum after mutating only the payload,
   so the entropy decoder and the networks see the garbage (the raw ones mostly stop at the
-  checksum; a resealed one takes about 20 ms on 2 cores)."""
+  checksum; a resealed one takes about 20 ms on 2 cores). Derandomized: every run tries the same
+  files."""
   codec.decompress(good_file)  # compiled before timing
   header = len(good_file) - len(container.unpack(good_file).sections[0]) - container.CRC_BYTES
   rss_before = _peak_rss_bytes()
   slowest = [0.0]
 
-  @settings(max_examples=1000 if reseal else 2000, deadline=None, derandomize=True, database=None,
+  @settings(max_examples=500 if reseal else 1000, deadline=None, derandomize=True, database=None,
             suppress_health_check=list(HealthCheck))
   @given(_OPS)
   def run(ops):

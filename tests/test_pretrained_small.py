@@ -36,8 +36,10 @@ RECORDED = {
 GOLDEN_FILE = pathlib.Path(__file__).parent / "golden" / "coffee_small_1_4.hfc"
 
 
-# The regression check of what users get: compiled as their programs are (conftest.py).
-pytestmark = pytest.mark.usefixtures("as_users_compile")
+# The regression check of what users get: compiled as their programs are (conftest.py). On one
+# pytest-xdist worker: each photo's size compiles the codec's programs once (about 10 s each, with
+# XLA's usual optimisations), not once in each worker that meets it.
+pytestmark = [pytest.mark.usefixtures("as_users_compile"), pytest.mark.xdist_group("small")]
 
 
 @pytest.fixture(scope="module")

@@ -132,9 +132,11 @@ def one_stage(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def straight(compile_cache, one_stage, tmp_path_factory):
-  """The workdir of `one_stage` trained without interruption: what resumed runs must reproduce."""
+  """The workdir of `one_stage` trained without interruption: what resumed runs must reproduce.
+  It checkpoints only at its first and last step (orbax takes about a second a save here): how
+  often a run checkpoints must not change what it trains."""
   workdir = tmp_path_factory.mktemp("straight")
-  train(compile_cache, workdir, *one_stage)
+  train(compile_cache, workdir, *one_stage, "train.checkpoint_every=1000")
   return workdir
 
 
@@ -174,7 +176,7 @@ def test_killed_then_preempted_run_resumes_bitwise_identical(compile_cache, one_
               if p.name.isdigit())
   assert not (tmp_path / "continuous" / "DONE").exists()
   assert at < saved < STEPS
-  r = train(compile_cache, tmp_path, *one_stage)
+  r = train(compile_cache, tmp_path, *one_stage, "train.checkpoint_every=1000")
   assert f"resumed from step {saved}" in r.stdout
   assert (tmp_path / "continuous" / "DONE").read_text().strip() == str(STEPS)
   np.testing.assert_array_equal(_flat(final_params(straight, "continuous")),
