@@ -370,7 +370,7 @@ def test_fine_tuning_trains_one_stage_from_a_model_bundle(compile_cache, tiny_ru
   # (25 s here) instead of compiling them beside it (58 s).
   r = train(compile_cache, tmp_path, "stage=bridge", "train.eval_at_end=False",
             "train.steps.bridge=16", "losses.gan_start=100", "losses.lpips_weight=0", "seed=1",
-            f"train.init_from={untrained_bundle}")
+            "train.checkpoint_every=1000", f"train.init_from={untrained_bundle}")
   assert "parameter arrays from" in r.stdout and "initialised from seed 1" in r.stdout, r.stdout
   assert (tmp_path / "bridge" / "DONE").read_text().strip() == "16"
   got = bundle_lib.flatten(final_params(tmp_path, "bridge"))
