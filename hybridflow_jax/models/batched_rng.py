@@ -24,6 +24,7 @@ is the same either way, only the compile time differs.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -210,18 +211,14 @@ class _Program:
     return [vals[r] for r in self.outputs]
 
 
-def _bshape_size(op, vals) -> int:
-  shape = jnp.broadcast_shapes(*(jnp.shape(vals[r]) for r in op.ins))
-  n = 1
-  for d in shape:
-    n *= d
-  return n
+def _shape(op, vals) -> tuple[int, ...]:
+  return jnp.broadcast_shapes(*(jnp.shape(vals[r]) for r in op.ins))
 
 
 def _chunks(hashes: list[_Op], vals):
   chunk, size = [], 0
   for op in hashes:
-    n = _bshape_size(op, vals)
+    n = math.prod(_shape(op, vals))
     if chunk and size + n > MAX_BATCH:
       yield chunk
       chunk, size = [], 0
@@ -238,7 +235,7 @@ def _hash_together(ops: list[_Op], vals) -> None:
     op, = ops
     vals.update(zip(op.outs, op.prim.bind(*(vals[r] for r in op.ins), **op.params)))
     return
-  shapes = [jnp.broadcast_shapes(*(jnp.shape(vals[r]) for r in op.ins)) for op in ops]
+  shapes = [_shape(op, vals) for op in ops]
   operands = [
       lax.concatenate([jnp.broadcast_to(vals[op.ins[i]], s).reshape(-1)
                        for op, s in zip(ops, shapes)], 0)
@@ -246,9 +243,7 @@ def _hash_together(ops: list[_Op], vals) -> None:
   results = ops[0].prim.bind(*operands, **ops[0].params)
   start = 0
   for op, s in zip(ops, shapes):
-    n = 1
-    for d in s:
-      n *= d
+    n = math.prod(s)
     vals.update((ref, lax.slice_in_dim(res, start, start + n).reshape(s))
                 for ref, res in zip(op.outs, results))
     start += n
