@@ -189,8 +189,8 @@ FSDP_MIN_SIZE = 1024
 
 
 # Runs in a 4-device process: the trainer's step (steps.stage_step) on one device and on a 2x2
-# data x fsdp mesh, from the same params (the session's tiny_params, read from an .npz: this
-# process then compiles no initialisation) and batch; prints the largest differences.
+# data x fsdp mesh, from the same params (the session's tiny_params, read from an .npz) and batch;
+# prints the largest differences, and whether its initialisation on the mesh drew those params.
 SHARDED_SCRIPT = r"""
 import json, sys
 import flax, jax, numpy as np
@@ -213,11 +213,18 @@ for name, axes, devices in (("one", (("data", 1), ("fsdp", 1)), jax.devices()[:1
     split = sum(not s.is_fully_replicated for s in jax.tree.leaves(built.state_shardings.params))
   state, metrics = built.step(state, jax.device_put(x, built.images_sharding))
   out[name] = (jax.device_get(state.params), float(metrics["loss"]))
+# The trainer's initialisation on the 2x2 mesh (params split over fsdp; the random draws hashed
+# together, models/batched_rng) gives the session's params, drawn on one device, to the bit.
+fresh = jax.jit(lambda r: hf.init_params(model, r), out_shardings=built.state_shardings.params)(
+    jax.random.PRNGKey(0))
+flat = flax.traverse_util.flatten_dict(jax.device_get(fresh), sep="/")
+drawn = np.load(sys.argv[1])
+init_equal = set(flat) == set(drawn.files) and all(np.array_equal(flat[k], drawn[k]) for k in flat)
 (a, la), (b, lb) = out["one"], out["four"]
 diff = max(float(np.max(np.abs(np.asarray(u) - np.asarray(v)) / (np.abs(np.asarray(u)) + 1e-2)))
            for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 print(json.dumps({"relative_param_diff": diff, "loss_one": la, "loss_four": lb,
-                  "fsdp_split_params": split}))
+                  "fsdp_split_params": split, "sharded_init_equal": init_equal}))
 """
 
 
@@ -236,6 +243,7 @@ def test_sharded_step_equals_unsharded(compile_cache, tiny_params, tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   res = json.loads(r.stdout.strip().splitlines()[-1])
   assert res["fsdp_split_params"] > 0, "nothing for fsdp to split"
+  assert res["sharded_init_equal"], "the sharded initialisation drew other params"
   assert res["relative_param_diff"] < 1e-4, res
   assert res["loss_one"] == pytest.approx(res["loss_four"], rel=1e-5)
 
