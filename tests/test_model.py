@@ -133,8 +133,9 @@ def test_encode_decode_round(schedule, tiny_config, tiny_model, tiny_params, ima
 
 
 def test_quantizer_picks_the_nearest_code(tiny_model, tiny_params, images):
-  p = {"params": tiny_params}
-  out = tiny_model.apply(p, images, method=hf.HybridFlow.tokenize)
+  # Jitted: op by op, the first call compiles every operation on its own (about 8 s here).
+  tokenize = jax.jit(lambda p, x: tiny_model.apply({"params": p}, x, method=hf.HybridFlow.tokenize))
+  out = tokenize(tiny_params, images)
   codes = tiny_params["quantizer"]["codebook"]
   z = out["latent"].reshape(-1, codes.shape[1])
   brute = np.argmin(((np.asarray(z)[:, None] - np.asarray(codes)[None]) ** 2).sum(-1), axis=1)
