@@ -13,8 +13,8 @@ operands laid end to end. `batched_replay` inlines the program's calls, expands 
 random primitive (`random_bits`, `random_fold_in`, `random_split`) into the hashes its lowering
 would emit (the lowering's own functions, traced), orders the result in waves (a hash's wave is
 the number of hashes on the longest chain that feeds it) and evaluates each wave's hashes as one
-call: bit for bit what the original program computes, with as many hashes as the longest chain
-(about ten for a flax model) instead of one per draw.
+call: bit for bit what the original program computes, with as many hash calls as the longest
+chain of dependent draws (three for every config here) instead of one per draw.
 
 Anything it does not know how to batch (an effect, a call primitive it cannot inline, a random
 primitive on another implementation's keys) makes it return the plain replay instead: the result
@@ -48,7 +48,7 @@ class _Unsupported(Exception):
 
 def batched_replay(closed: jax_core.ClosedJaxpr) -> Callable[..., list[Any]]:
   """A function computing `closed`'s outputs from its inputs (as `jaxpr_as_fun(closed)` does)
-  with its independent Threefry hashes batched; `closed` itself if it cannot be batched."""
+  with its independent Threefry hashes batched; the plain replay if it cannot be batched."""
   try:
     program = _Program(closed)
   except _Unsupported:
@@ -61,9 +61,8 @@ def hash_count(fn: Callable, *args) -> int:
   expanded as above (what batching is for; a check for tests and benchmarks)."""
   closed = jax.make_jaxpr(fn)(*args)
   graph = _Graph()
-  outs = graph.inline(closed.jaxpr, [graph.const(c) for c in closed.consts],
-                      [graph.fresh() for _ in closed.jaxpr.invars])
-  del outs
+  graph.inline(closed.jaxpr, [graph.const(c) for c in closed.consts],
+               [graph.fresh() for _ in closed.jaxpr.invars])
   return sum(op.prim.name == _HASH for op in graph.ops)
 
 
