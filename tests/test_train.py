@@ -199,7 +199,8 @@ from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.train import sharding as shard_lib, steps as steps_lib
 cfg = config_io.load_config(sys.argv[2], sys.argv[3:])
 model = hf.build_model(cfg)
-params = flax.traverse_util.unflatten_dict(dict(np.load(sys.argv[1])), sep="/")
+drawn = dict(np.load(sys.argv[1]))
+params = flax.traverse_util.unflatten_dict(drawn, sep="/")
 abstract = hf.param_shapes(model)
 x = jax.random.uniform(jax.random.PRNGKey(1), (cfg.train.batch_size, 64, 64, 3))
 out, split = {}, 0
@@ -218,8 +219,7 @@ for name, axes, devices in (("one", (("data", 1), ("fsdp", 1)), jax.devices()[:1
 fresh = jax.jit(lambda r: hf.init_params(model, r), out_shardings=built.state_shardings.params)(
     jax.random.PRNGKey(0))
 flat = flax.traverse_util.flatten_dict(jax.device_get(fresh), sep="/")
-drawn = np.load(sys.argv[1])
-init_equal = set(flat) == set(drawn.files) and all(np.array_equal(flat[k], drawn[k]) for k in flat)
+init_equal = set(flat) == set(drawn) and all(np.array_equal(flat[k], drawn[k]) for k in flat)
 (a, la), (b, lb) = out["one"], out["four"]
 diff = max(float(np.max(np.abs(np.asarray(u) - np.asarray(v)) / (np.abs(np.asarray(u)) + 1e-2)))
            for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))

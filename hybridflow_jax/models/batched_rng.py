@@ -59,10 +59,7 @@ def batched_replay(closed: jax_core.ClosedJaxpr) -> Callable[..., list[Any]]:
 def hash_count(fn: Callable, *args) -> int:
   """The number of Threefry hashes in `fn`'s program for `args`, calls and random primitives
   expanded as above (what batching is for; a check for tests and benchmarks)."""
-  closed = jax.make_jaxpr(fn)(*args)
-  graph = _Graph()
-  graph.inline(closed.jaxpr, [graph.const(c) for c in closed.consts],
-               [graph.fresh() for _ in closed.jaxpr.invars])
+  graph, _, _ = _Graph.flatten(jax.make_jaxpr(fn)(*args))
   return sum(op.prim.name == _HASH for op in graph.ops)
 
 
@@ -81,6 +78,14 @@ class _Graph:
     self.ops: list[_Op] = []
     self.consts: dict[int, Any] = {}
     self._next = 0
+
+  @classmethod
+  def flatten(cls, closed: jax_core.ClosedJaxpr) -> tuple[_Graph, list[int], list[int]]:
+    """`closed` as a graph, with the ids of its inputs and outputs."""
+    graph = cls()
+    inputs = [graph.fresh() for _ in closed.jaxpr.invars]
+    outputs = graph.inline(closed.jaxpr, [graph.const(c) for c in closed.consts], inputs)
+    return graph, inputs, outputs
 
   def fresh(self) -> int:
     self._next += 1
@@ -170,11 +175,8 @@ class _Program:
   """The flattened program in waves, callable (under jit) like `jaxpr_as_fun(closed)`."""
 
   def __init__(self, closed: jax_core.ClosedJaxpr):
-    graph = _Graph()
     try:
-      self.inputs = [graph.fresh() for _ in closed.jaxpr.invars]
-      self.outputs = graph.inline(closed.jaxpr, [graph.const(c) for c in closed.consts],
-                                  self.inputs)
+      graph, self.inputs, self.outputs = _Graph.flatten(closed)
     except _Unsupported:
       raise
     except Exception as e:  # an internal API that moved: the plain replay still works
