@@ -22,7 +22,7 @@ from helpers import ONE_STAGE_STEPS as STEPS
 from helpers import run_env as _env
 from helpers import train_cmd as _cmd
 
-from hybridflow_jax import config_io, schedules
+from hybridflow_jax import config_io, schedules, stages
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.train import checkpoint as ckpt_lib
 
@@ -176,6 +176,18 @@ def test_killed_then_preempted_run_resumes_bitwise_identical(compile_cache, one_
               if p.name.isdigit())
   assert not (tmp_path / "continuous" / "DONE").exists()
   assert at < saved < STEPS
+  # Its checkpoints hold the params the stage trains; the frozen ones it started from are written
+  # once, beside them.
+  def arrays(folder, under=""):  # the arrays an orbax tree holds, as "('module', ..., 'name')"
+    meta = json.loads((folder / "_METADATA").read_text())["tree_metadata"]
+    return {"(" + k[len(under) + 1:] for k, v in meta.items()
+            if k.startswith("(" + under) and v["value_metadata"]["value_type"] == "jax.Array"}
+  trained = arrays(tmp_path / "continuous" / "checkpoints" / str(saved) / "state", "'params', ")
+  frozen = arrays(tmp_path / "continuous" / "frozen")
+  flags = stages.trainable(hf.param_shapes(hf.build_model(config_io.load_config(TINY))),
+                           "continuous")
+  assert len(trained) == sum(jax.tree.leaves(flags)) and not trained & frozen
+  assert len(trained) + len(frozen) == len(jax.tree.leaves(flags))
   r = train(compile_cache, tmp_path, *one_stage, "train.checkpoint_every=1000")
   assert f"resumed from step {saved}" in r.stdout
   assert (tmp_path / "continuous" / "DONE").read_text().strip() == str(STEPS)

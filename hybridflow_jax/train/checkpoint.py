@@ -2,28 +2,45 @@
 
 Layout of a stage's folder (`WORKDIR/STAGE/`):
 
+    frozen/                                  the params the stage does not train, written once
     checkpoints/<step>/{state,data,config}   periodic checkpoints (orbax CheckpointManager)
     params/                                  the stage's final params (what later stages load)
     DONE                                     written last: the stage is finished
+
+A stage's frozen params (the earlier stages', `train.init_from`'s or the seed's) never change while
+it trains, so they are written once, when it starts, and each checkpoint holds only what the stage
+changes: the params it trains (and their EMA), the optimiser, discriminator and codebook-usage
+states. In `configs/imagenet256.py` the `continuous` stage trains 1 % of the params' elements and
+`bridge` 11 %: their checkpoints are that much smaller than ones holding every param.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 from typing import Any
 
+import flax
 import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 
 class StageCheckpoints:
-  """Periodic checkpoints of one stage. Every process calls every method (orbax coordinates)."""
+  """Periodic checkpoints of one stage. Every process calls every method (orbax coordinates).
 
-  def __init__(self, directory: pathlib.Path, keep: int, every: int):
+  directory: the checkpoints (`checkpoints/`); frozen: where the frozen params go (`frozen/`);
+  trained: a pytree of bools like the params (`stages.trainable`), True for those the stage trains.
+  """
+
+  def __init__(self, directory: pathlib.Path, frozen: pathlib.Path, keep: int, every: int,
+               trained):
     self.directory = pathlib.Path(directory).absolute()
+    self.frozen = pathlib.Path(frozen).absolute()
+    self._trained = _flat(trained)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
                                            enable_async_checkpointing=True, create=True)
     self.manager = ocp.CheckpointManager(
@@ -36,6 +53,26 @@ class StageCheckpoints:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def _keep(self, tree, trained: bool):
+    """`tree` (params-like) with None in place of the params the stage trains (trained=False) or
+    of those it keeps frozen (trained=True)."""
+    return flax.traverse_util.unflatten_dict(
+        {k: v if self._trained[k] == trained else None for k, v in _flat(tree).items()}, sep="/")
+
+  def _changing(self, state):
+    """`state` (a TrainState or its abstract shapes) without the frozen params and their EMA."""
+    return state.replace(params=self._keep(state.params, True),
+                         ema_params=self._keep(state.ema_params, True) if state.ema_params else {})
+
+  def start(self, params) -> None:
+    """Writes the frozen params of a stage that starts at step 0 (synchronously, before its first
+    checkpoint), replacing any left by a start that never reached one."""
+    if self.frozen.exists():
+      if jax.process_index() == 0:
+        shutil.rmtree(self.frozen)
+      multihost_utils.sync_global_devices(f"hybridflow {self.frozen} cleared")
+    save_params(self.frozen, self._keep(params, False))
+
   def save(self, step: int, state, data_iter, config: ml_collections.ConfigDict,
            force: bool = False) -> bool:
     """Saves if `step` is due (or `force`) and not saved yet; the write finishes in the
@@ -43,18 +80,34 @@ class StageCheckpoints:
     if step == self.manager.latest_step():
       return False
     args = ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
+        state=ocp.args.StandardSave(self._changing(state)),
         data=grain.checkpoint.CheckpointSave(data_iter),
         config=ocp.args.JsonSave(config.to_dict()))
     return self.manager.save(step, args=args, force=force)
 
   def restore(self, step: int, abstract_state, data_iter=None):
     """Restores the state onto the shardings of `abstract_state` (ShapeDtypeStructs with
-    .sharding) and, when given, the data iterator. Returns the state."""
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-    return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+    .sharding), its frozen params from `frozen/`, and, when given, the data iterator. Returns the
+    state."""
+    items = {"data": grain.checkpoint.CheckpointRestore(data_iter)} if data_iter is not None else {}
+    if not self.frozen.exists():
+      # Checkpoints written before the frozen params were kept apart hold every param: the
+      # frozen ones are written apart now, for the checkpoints this run will write.
+      items["state"] = ocp.args.StandardRestore(abstract_state)
+      state = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+      self.start(state.params)
+      return state
+    items["state"] = ocp.args.StandardRestore(self._changing(abstract_state))
+    state = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+    frozen = _flat(load_params(self.frozen, self._keep(abstract_state.params, False)))
+    # The EMA of a frozen param is the param itself (steps.make_train_step), as copies: the update
+    # step donates its state, each buffer once.
+    fill = lambda tree, copy: flax.traverse_util.unflatten_dict(
+        {k: v if v is not None else
+         jax.device_put(frozen[k], frozen[k].sharding, may_alias=False) if copy else frozen[k]
+         for k, v in _flat(tree).items()}, sep="/")
+    return state.replace(params=fill(state.params, False),
+                         ema_params=fill(state.ema_params, True) if state.ema_params else {})
 
   def has_data_state(self, step: int) -> bool:
     """Whether this process's iterator state is in the checkpoint (a run restored on a different
@@ -85,6 +138,10 @@ def load_params(directory: pathlib.Path, abstract_params: Any) -> Any:
       jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_params)
   with ocp.StandardCheckpointer() as ckptr:
     return ckptr.restore(pathlib.Path(directory).absolute(), abstract_params)
+
+
+def _flat(tree) -> dict:
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
 
 
 def write_json(path: pathlib.Path, obj) -> None:

@@ -5,7 +5,9 @@
       config.json               the run's config, written by the first `train` in this directory
       results.json              the held-out table of the last stage that ran
       STAGE/                    one folder per stage (vq, continuous, ...)
-        checkpoints/<step>/     periodic checkpoints: state, input state, config (train.checkpoint)
+        frozen/                 the params the stage does not train, written when it starts
+        checkpoints/<step>/     periodic checkpoints: what the stage changes (its params,
+                                optimiser), input state, config (train.checkpoint)
         params/                 the stage's final params: what later stages and export load
         metrics/                TensorBoard event files and metrics.jsonl
         summary.json            steps, skipped images, metric history, the final evaluation
@@ -32,6 +34,7 @@ class StageDir:
   def __init__(self, root):
     self.root = pathlib.Path(root)
     self.checkpoints = self.root / "checkpoints"
+    self.frozen = self.root / "frozen"
     self.params = self.root / "params"
     self.metrics = self.root / "metrics"
     self.summary = self.root / "summary.json"

@@ -152,7 +152,11 @@ def make_train_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage:
 
     m["grad_norm"] = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    # Frozen params pass through untouched, bit for bit (not plus a zero update): checkpoints leave
+    # them out and a resumed stage rebuilds them as the stage started (checkpoint.py).
+    trained = stages.trainable(state.params, stage)
+    params = jax.tree.map(lambda p, u, t: optax.apply_updates(p, u) if t else p,
+                          state.params, updates, trained)
 
     usage = state.code_usage
     if record.after_update is not None:
@@ -162,7 +166,7 @@ def make_train_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage:
     ema = state.ema_params
     if cfg.train.ema_decay > 0:
       d = cfg.train.ema_decay
-      ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
+      ema = jax.tree.map(lambda e, p, t: d * e + (1 - d) * p if t else e, ema, params, trained)
 
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               disc_params=disc_params, disc_opt_state=disc_opt_state,

@@ -217,8 +217,9 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
       workers=cfg.data.workers, prefetch=cfg.data.prefetch, cache_mb=cfg.data.get("cache_mb", 0))
 
   # --- Resume ------------------------------------------------------------------------------------
-  checkpoints = ckpt_lib.StageCheckpoints(folder.checkpoints, cfg.train.keep_checkpoints,
-                                          cfg.train.checkpoint_every)
+  checkpoints = ckpt_lib.StageCheckpoints(folder.checkpoints, folder.frozen,
+                                          cfg.train.keep_checkpoints, cfg.train.checkpoint_every,
+                                          stages.trainable(run.abstract_params, stage))
   latest = checkpoints.latest_step()
   if latest is not None:
     restore_data = checkpoints.has_data_state(latest)
@@ -231,6 +232,7 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
     # a model to fine-tune brings its own.
     if record.start is not None and not run.fine_tuning:
       params = record.start(params, run.param_shardings)
+    checkpoints.start(params)
     state = jax.jit(compiled.make_state, out_shardings=compiled.state_shardings)(params)
     _log(f"[{stage}] starting at step 0")
 
