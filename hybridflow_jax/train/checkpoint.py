@@ -25,6 +25,7 @@ import flax
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
@@ -67,7 +68,9 @@ class StageCheckpoints:
   def start(self, params) -> None:
     """Writes the frozen params of a stage that starts at step 0 (synchronously, before its first
     checkpoint), replacing any left by a start that never reached one."""
-    if self.frozen.exists():
+    # Process 0's view decides, for every process at once: one that looked after process 0 had
+    # cleared the folder would skip the barrier.
+    if bool(multihost_utils.broadcast_one_to_all(np.asarray(self.frozen.exists()))):
       if jax.process_index() == 0:
         shutil.rmtree(self.frozen)
       multihost_utils.sync_global_devices(f"hybridflow {self.frozen} cleared")
