@@ -188,6 +188,14 @@ def test_killed_then_preempted_run_resumes_bitwise_identical(compile_cache, one_
                            "continuous")
   assert len(trained) == sum(jax.tree.leaves(flags)) and not trained & frozen
   assert len(trained) + len(frozen) == len(jax.tree.leaves(flags))
+  # Without them a resume stops in one line, and leaves the run as it was.
+  (tmp_path / "continuous" / "frozen").rename(tmp_path / "frozen_aside")
+  r = subprocess.run(_cmd(tmp_path, *one_stage), env=_env(compile_cache), capture_output=True,
+                     text=True, timeout=300, cwd=ROOT)
+  assert r.returncode != 0 and "frozen is missing" in r.stderr, r.stderr[-3000:]
+  assert len(r.stderr.strip().splitlines()) == 1, r.stderr[-3000:]
+  assert not (tmp_path / "continuous" / "frozen").exists()
+  (tmp_path / "frozen_aside").rename(tmp_path / "continuous" / "frozen")
   r = train(compile_cache, tmp_path, *one_stage, "train.checkpoint_every=1000")
   assert f"resumed from step {saved}" in r.stdout
   assert (tmp_path / "continuous" / "DONE").read_text().strip() == str(STEPS)

@@ -29,6 +29,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from hybridflow_jax.errors import UserError
+
 
 class StageCheckpoints:
   """Periodic checkpoints of one stage. Every process calls every method (orbax coordinates).
@@ -94,6 +96,10 @@ class StageCheckpoints:
     state."""
     items = {"data": grain.checkpoint.CheckpointRestore(data_iter)} if data_iter is not None else {}
     if not self.frozen.exists():
+      if self._holds_only_trained(step):
+        raise UserError(f"{self.frozen} is missing: the checkpoints beside it hold only the params "
+                        "the stage trains; put it back, or remove "
+                        f"{self.directory.parent} to train the stage again")
       # Checkpoints written before the frozen params were kept apart hold every param: the
       # frozen ones are written apart now, for the checkpoints this run will write.
       items["state"] = ocp.args.StandardRestore(abstract_state)
@@ -111,6 +117,15 @@ class StageCheckpoints:
          for k, v in _flat(tree).items()}, sep="/")
     return state.replace(params=fill(state.params, False),
                          ema_params=fill(state.ema_params, True) if state.ema_params else {})
+
+  def _holds_only_trained(self, step: int) -> bool:
+    """Whether checkpoint `step` left the frozen params out (read from orbax's tree metadata)."""
+    meta = self.directory / str(step) / "state" / "_METADATA"
+    if not meta.exists():
+      return False
+    tree = json.loads(meta.read_text()).get("tree_metadata", {})
+    return any(k.startswith("('params',") and v.get("value_metadata", {}).get("value_type") == "None"
+               for k, v in tree.items())
 
   def has_data_state(self, step: int) -> bool:
     """Whether this process's iterator state is in the checkpoint (a run restored on a different
