@@ -70,12 +70,7 @@ class StageCheckpoints:
   def start(self, params) -> None:
     """Writes the frozen params of a stage that starts at step 0 (synchronously, before its first
     checkpoint), replacing any left by a start that never reached one."""
-    # Process 0's view decides, for every process at once: one that looked after process 0 had
-    # cleared the folder would skip the barrier.
-    if bool(multihost_utils.broadcast_one_to_all(np.asarray(self.frozen.exists()))):
-      if jax.process_index() == 0:
-        shutil.rmtree(self.frozen)
-      multihost_utils.sync_global_devices(f"hybridflow {self.frozen} cleared")
+    clear(self.frozen)
     save_params(self.frozen, self._keep(params, False))
 
   def save(self, step: int, state, data_iter, config: ml_collections.ConfigDict,
@@ -109,12 +104,16 @@ class StageCheckpoints:
     items["state"] = ocp.args.StandardRestore(self._changing(abstract_state))
     state = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
     frozen = _flat(load_params(self.frozen, self._keep(abstract_state.params, False)))
+
+    def fill(tree, copy: bool):
+      out = {}
+      for k, v in _flat(tree).items():
+        if v is None:
+          v = jax.device_put(frozen[k], frozen[k].sharding, may_alias=False) if copy else frozen[k]
+        out[k] = v
+      return flax.traverse_util.unflatten_dict(out, sep="/")
     # The EMA of a frozen param is the param itself (steps.make_train_step), as copies: the update
     # step donates its state, each buffer once.
-    fill = lambda tree, copy: flax.traverse_util.unflatten_dict(
-        {k: v if v is not None else
-         jax.device_put(frozen[k], frozen[k].sharding, may_alias=False) if copy else frozen[k]
-         for k, v in _flat(tree).items()}, sep="/")
     return state.replace(params=fill(state.params, False),
                          ema_params=fill(state.ema_params, True) if state.ema_params else {})
 
@@ -138,6 +137,16 @@ class StageCheckpoints:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def clear(directory: pathlib.Path) -> None:
+  """Removes `directory` if process 0 sees it, then waits for every process. Process 0's view
+  decides for all at once: a process that looked after process 0 had removed it would otherwise
+  skip the barrier."""
+  if bool(multihost_utils.broadcast_one_to_all(np.asarray(pathlib.Path(directory).exists()))):
+    if jax.process_index() == 0:
+      shutil.rmtree(directory)
+    multihost_utils.sync_global_devices(f"hybridflow {pathlib.Path(directory).absolute()} cleared")
 
 
 def save_params(directory: pathlib.Path, params: Any) -> None:

@@ -153,7 +153,7 @@ def make_train_step(model: hf.HybridFlow, cfg: ml_collections.ConfigDict, stage:
     m["grad_norm"] = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     # Frozen params pass through untouched, bit for bit (not plus a zero update): checkpoints leave
-    # them out and a resumed stage rebuilds them as the stage started (checkpoint.py).
+    # them out and a resumed stage reads them from what it wrote as it started (checkpoint.py).
     trained = stages.trainable(state.params, stage)
     params = jax.tree.map(lambda p, u, t: optax.apply_updates(p, u) if t else p,
                           state.params, updates, trained)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -298,12 +297,8 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
   # Printed by every process: in a multi-host job they must all agree.
   print(f"[{stage}] process {jax.process_index()}: final params checksum "
         f"{float(checksum.addressable_data(0)):.9e}", flush=True)
-  # Params left by an interrupted finish are written again. Process 0's view decides, for every
-  # process at once: one that looked after process 0 had cleared them would skip the barrier.
-  if bool(multihost_utils.broadcast_one_to_all(np.asarray(folder.params.exists()))):
-    if jax.process_index() == 0:
-      shutil.rmtree(folder.params)
-    multihost_utils.sync_global_devices(f"hybridflow {stage} params cleared")
+  # Params left by an interrupted finish are written again.
+  ckpt_lib.clear(folder.params)
   ckpt_lib.save_params(folder.params, final)
   trained = flax.traverse_util.flatten_dict(flax.core.unfreeze(stages.trainable(final, stage)),
                                             sep="/")
