@@ -15,6 +15,9 @@ TINY = str(ROOT / "configs" / "tiny.py")
 TINY_PIPELINE = ("train.log_every=1", "train.steps.vq=16", "train.steps.continuous=40",
                  "train.steps.transformer=16", "train.steps.bridge=16", "train.steps.baseline=16",
                  "losses.gan_start=100", "losses.lpips_weight=0", "train.checkpoint_every=1000")
+# The stages it trains (tiny's `joint` has 0 steps), in order: test_train.py checks that each changed
+# every param it trains and no other; test_model.py checks the gradients of the stages not here.
+PIPELINE_STAGES = ("vq", "continuous", "transformer", "bridge", "baseline")
 # Short runs of one stage (interrupted, resumed, compared) share this program: same stage, crop and
 # step count, so it compiles once per session. Checkpoints (~0.5 s each) at steps 1, 6, 12, 18 and 24;
 # one shows on disk when the next one starts, so a run interrupted as soon as step 6's appears still

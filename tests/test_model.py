@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import PIPELINE_STAGES
 
 from hybridflow_jax import schedules, stages
 from hybridflow_jax.models import hybridflow as hf
@@ -27,7 +28,9 @@ def _norm(tree):
   return float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)))
 
 
-@pytest.mark.parametrize("stage", stages.NAMES)
+# The stages the tiny pipeline trains are checked on its trained params instead (each changed
+# exactly what it trains, test_train.py), which costs no compilation of its own.
+@pytest.mark.parametrize("stage", [s for s in stages.NAMES if s not in PIPELINE_STAGES])
 def test_gradients_reach_every_group_the_stage_trains(stage, tiny_config, tiny_model,
                                                       tiny_params, images):
   record = stages.STAGES[stage]

@@ -17,7 +17,7 @@ import flax
 import jax
 import numpy as np
 import pytest
-from helpers import ONE_STAGE, ROOT, TINY, TINY_PIPELINE, train
+from helpers import ONE_STAGE, PIPELINE_STAGES, ROOT, TINY, TINY_PIPELINE, train
 from helpers import ONE_STAGE_STEPS as STEPS
 from helpers import run_env as _env
 from helpers import train_cmd as _cmd
@@ -43,7 +43,7 @@ def _flat(tree):
 
 def test_pipeline_runs_every_stage_and_each_learns(compile_cache, tiny_run, tiny_params):
   tmp_path, r = tiny_run
-  for stage in ("vq", "continuous", "transformer", "bridge", "baseline"):
+  for stage in PIPELINE_STAGES:
     summary = json.loads((tmp_path / stage / "summary.json").read_text())
     losses = [h["loss"] for h in summary["history"]]
     assert len(losses) == (40 if stage == "continuous" else 16)
@@ -81,6 +81,20 @@ def test_pipeline_runs_every_stage_and_each_learns(compile_cache, tiny_run, tiny
   assert moved.mean() > 0.25 * np.abs(start).mean(), (moved.mean(), np.abs(start).mean())
   vq_last = json.loads((tmp_path / "vq" / "summary.json").read_text())["history"][-1]
   assert vq_last["codes_used"] >= 0.5 and 16 < vq_last["perplexity"] < 64, vq_last
+  # Each stage changed exactly the params it trains: every one of them moved (its gradient reaches
+  # it: the loss depends on it) and every other param is the same to the bit (frozen params pass
+  # through the step untouched). The run starts from `tiny_params`, computed as the run's init is.
+  before = flax.traverse_util.flatten_dict(tiny_params, sep="/")
+  for stage in PIPELINE_STAGES:
+    params = final_params(tmp_path, stage)
+    after = flax.traverse_util.flatten_dict(params, sep="/")
+    trained = flax.traverse_util.flatten_dict(stages.trainable(params, stage), sep="/")
+    assert after.keys() == before.keys() == trained.keys(), stage
+    moved = {k for k in after if not np.array_equal(after[k], before[k])}
+    assert moved == {k for k in trained if trained[k]}, (
+        stage, sorted(moved - {k for k in trained if trained[k]})[:5],
+        sorted({k for k in trained if trained[k]} - moved)[:5])
+    before = after
   # A pipeline stopped before its transformer stage finished, run again in a new process: the
   # finished stages are skipped, the transformer stage reads theirs from their files, and trains
   # to the same params, to the bit, as in the run that had them in memory.
