@@ -9,7 +9,9 @@
     on the same device (the higher of the run's first peak and one timed next to the stage's
     steps); and the input stall: the step time when fed from the grain pipeline as the
     trainer feeds it (the config's photos if present, else the bundled ones) / the step time on a
-    batch already in memory.
+    batch already in memory. The step runs data-parallel on every device (one unless XLA_FLAGS has
+    --xla_force_host_platform_device_count=N): FLOPs are the whole step's, the peak the machine's
+    (CPU devices share its cores; an accelerator's peak is one device's times the devices).
 (b) Compress and decompress latency of one 768x512 photo (the Kodak layout) with --model (default
     the shipped `small`; `untrained`: the config's networks with random params), broken down into
     encoder networks, entropy parameters (h_s), range coding, range decoding, transformer steps and
@@ -98,6 +100,7 @@ def train_throughput(cfg, peak: float, steps: int, log) -> dict:
   from hybridflow_jax.train import steps as steps_lib
 
   mesh = shard_lib.make_mesh((("data", -1),))
+  peak_devices = 1 if jax.devices()[0].platform == "cpu" else mesh.size
   model = hf.build_model(cfg)
   params = hf.init_params(model, jax.random.PRNGKey(0))
   abstract_params = hf.param_shapes(model)
@@ -122,12 +125,16 @@ def train_throughput(cfg, peak: float, steps: int, log) -> dict:
     step = built.step
     log(f"train step {stage}: compiling")
     compiled = step.compile(state, x)
-    flops = step_flops(compiled)
+    # The cost analysis of a sharded program is one device's share: the step's FLOPs are every
+    # device's. The peak is the machine's: CPU devices (XLA_FLAGS=
+    # --xla_force_host_platform_device_count=N) share its cores, and the matmul timed on one of them
+    # already uses every core; an accelerator's peak is one device's, times the devices.
+    flops = step_flops(compiled) * mesh.size
     state, _ = compiled(state, x)
     jax.block_until_ready(state)
     # The machine's speed drifts (10-20 % within a run here): the peak is timed again next to each
     # stage's steps, and MFU is taken against the higher of that and the run's first peak.
-    stage_peak = max(peak, matmul_peak())
+    stage_peak = max(peak, matmul_peak()) * peak_devices
     state, sec = time_steps(compiled, state, x, steps)
     # The input stall: steps fed as the trainer feeds them (the next batch is read from the grain
     # pipeline, whose background thread prepares it while the previous step runs, then placed on
