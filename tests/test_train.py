@@ -308,6 +308,7 @@ def test_local_launcher_trains_two_processes_survives_an_interrupt_and_resumes(c
   assert not (run / "continuous" / "DONE").exists(), "finished before the interrupt"
   # The launcher exits 0 only if both processes did; process 0 logs for the run.
   assert any(line.startswith("[p0]") and "preempted" in line for line in out.splitlines()), out
+  assert "[p0] [mesh] 4 devices (cpu) in 2 processes, data=4 x fsdp=1; batch 4, 1 a" in out, out
 
   r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert r.returncode == 0, r.stderr[-3000:]

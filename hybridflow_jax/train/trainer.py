@@ -143,6 +143,17 @@ def overlay_bundle(params, flat: dict[str, np.ndarray], shardings):
   return flax.traverse_util.unflatten_dict(tree, sep="/")
 
 
+def _mesh_line(mesh, batch_size: int) -> str:
+  """Where the steps run: '[mesh] 4 devices (cpu) in 2 processes, data=2 x fsdp=2; batch 8, 4 a
+  data-parallel replica'."""
+  devices = mesh.devices.flat[0]
+  axes = " x ".join(f"{name}={size}" for name, size in mesh.shape.items())
+  data = int(np.prod([mesh.shape[a] for a in shard_lib.batch_axes(mesh)]))
+  processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+  return (f"[mesh] {mesh.size} device{'s' * (mesh.size > 1)} ({devices.platform}){processes}, "
+          f"{axes}; batch {batch_size}, {batch_size // data} a data-parallel replica")
+
+
 class Run:
   """What every stage of one `train` call shares: the mesh, the model, its initial params and the
   evaluator (each built or compiled once, not once per stage)."""
@@ -388,6 +399,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   results: dict[str, dict] = {}
   run = Run(cfg, rundir.root)
   log(info.overview(cfg) + "\n")
+  log(_mesh_line(run.mesh, cfg.train.batch_size))
   with _SigtermFlag() as sigterm:
     for stage in stages.stage_list(cfg):
       if rundir.stage(stage).is_done():
