@@ -91,9 +91,8 @@ def test_pipeline_runs_every_stage_and_each_learns(compile_cache, tiny_run, tiny
     trained = flax.traverse_util.flatten_dict(stages.trainable(params, stage), sep="/")
     assert after.keys() == before.keys() == trained.keys(), stage
     moved = {k for k in after if not np.array_equal(after[k], before[k])}
-    assert moved == {k for k in trained if trained[k]}, (
-        stage, sorted(moved - {k for k in trained if trained[k]})[:5],
-        sorted({k for k in trained if trained[k]} - moved)[:5])
+    want = {k for k, t in trained.items() if t}
+    assert moved == want, (stage, sorted(moved - want)[:5], sorted(want - moved)[:5])
     before = after
   # A pipeline stopped before its transformer stage finished, run again in a new process: the
   # finished stages are skipped, the transformer stage reads theirs from their files, and trains

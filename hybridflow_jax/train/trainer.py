@@ -143,15 +143,6 @@ def overlay_bundle(params, flat: dict[str, np.ndarray], shardings):
   return flax.traverse_util.unflatten_dict(tree, sep="/")
 
 
-def _mesh_line(mesh, batch_size: int) -> str:
-  """Where the steps run: '[mesh] 4 devices (cpu) in 2 processes, data=2 x fsdp=2; batch 8, 4 a
-  data-parallel replica'."""
-  devices = mesh.devices.flat[0]
-  axes = " x ".join(f"{name}={size}" for name, size in mesh.shape.items())
-  data = int(np.prod([mesh.shape[a] for a in shard_lib.batch_axes(mesh)]))
-  processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
-  return (f"[mesh] {mesh.size} device{'s' * (mesh.size > 1)} ({devices.platform}){processes}, "
-          f"{axes}; batch {batch_size}, {batch_size // data} a data-parallel replica")
 
 
 class Run:
@@ -161,10 +152,11 @@ class Run:
   def __init__(self, cfg: ml_collections.ConfigDict, workdir: pathlib.Path):
     self.cfg, self.rundir = cfg, RunDir(workdir)
     self.mesh = shard_lib.make_mesh(cfg.mesh)
-    data_parallel = int(np.prod([self.mesh.shape[a] for a in shard_lib.batch_axes(self.mesh)]))
-    if cfg.train.batch_size % data_parallel or cfg.train.batch_size % jax.process_count():
+    self.data_parallel = int(np.prod([self.mesh.shape[a]
+                                      for a in shard_lib.batch_axes(self.mesh)]))
+    if cfg.train.batch_size % self.data_parallel or cfg.train.batch_size % jax.process_count():
       raise ValueError(f"config.train.batch_size={cfg.train.batch_size} must divide by the "
-                       f"data-parallel size {data_parallel} and the process count")
+                       f"data-parallel size {self.data_parallel} and the process count")
     self.model = hf.build_model(cfg)
     self.abstract_params = hf.param_shapes(self.model)
     self.param_shardings = shard_lib.tree_shardings(self.abstract_params, self.mesh,
@@ -201,6 +193,17 @@ class Run:
     if program not in self._evaluators:
       self._evaluators[program] = Evaluator(self.model, self.cfg, self.mesh, program)
     return self._evaluators[program]
+
+
+def _mesh_line(run: Run) -> str:
+  """Where the steps run: '[mesh] 4 devices (cpu) in 2 processes, data=2 x fsdp=2; batch 8, 4 a
+  data-parallel replica'."""
+  mesh, batch_size = run.mesh, run.cfg.train.batch_size
+  platform = mesh.devices.flat[0].platform
+  axes = " x ".join(f"{name}={size}" for name, size in mesh.shape.items())
+  processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+  return (f"[mesh] {mesh.size} device{'s' * (mesh.size > 1)} ({platform}){processes}, {axes}; "
+          f"batch {batch_size}, {batch_size // run.data_parallel} a data-parallel replica")
 
 
 def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
@@ -399,7 +402,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   results: dict[str, dict] = {}
   run = Run(cfg, rundir.root)
   log(info.overview(cfg) + "\n")
-  log(_mesh_line(run.mesh, cfg.train.batch_size))
+  log(_mesh_line(run))
   with _SigtermFlag() as sigterm:
     for stage in stages.stage_list(cfg):
       if rundir.stage(stage).is_done():
