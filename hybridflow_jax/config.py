@@ -251,3 +251,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
     bad("losses.rate_target", "rate targets are bpp >= 0 (0: no targeting)")
   if c.losses.pixel not in ("l1", "l2"):
     bad("losses.pixel", "must be l1 or l2")
+  # Counts the trainer divides by or sizes buffers with: refused here, before a run directory is
+  # made, rather than as a traceback (or a pipeline error) after the model was initialised.
+  counts = [(f"train.steps.{stage}", c.train.steps[stage], 0) for stage in STAGES]
+  counts += [(f"train.{key}", c.train.get(key, least), least) for key, least in (
+      ("batch_size", 1), ("log_every", 1), ("checkpoint_every", 1), ("keep_checkpoints", 1),
+      ("eval_every", 0), ("warmup_steps", 0), ("dead_code_every", 0), ("kmeans_iterations", 0))]
+  counts += [(f"data.{key}", c.data.get(key, least), least) for key, least in (
+      ("eval_limit", 1), ("workers", 0), ("prefetch", 0), ("cache_mb", 0))]
+  for key, value, least in counts:
+    if not isinstance(value, int) or value < least:
+      bad(key, f"must be a whole number >= {least}, got {value!r}")
+  if not c.train.learning_rate > 0:
+    bad("train.learning_rate", f"must be > 0, got {c.train.learning_rate!r}")

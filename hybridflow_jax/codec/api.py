@@ -33,7 +33,7 @@ from hybridflow_jax.codec import container, entropy_parameters, files, image_inp
 from hybridflow_jax.codec.coder import CodecError
 from hybridflow_jax.codec.container import FormatError
 from hybridflow_jax.codec.files import Compressed
-from hybridflow_jax.codec.image_input import ConversionNotice
+from hybridflow_jax.codec.image_input import DEFAULT_MAX_PIXELS, ConversionNotice
 from hybridflow_jax.codec.latents import Latents, analyze
 from hybridflow_jax.codec.networks import Networks
 from hybridflow_jax.codec.payload import CodingModel, Frame
@@ -47,12 +47,6 @@ __all__ = ["DEFAULT_MAX_PIXELS", "DYNAMIC_ALLOCATIONS", "Codec", "CodecError", "
            "ConversionNotice", "FormatError", "RateError", "greyscale", "summary", "to_uint8"]
 
 DYNAMIC_ALLOCATIONS = schedules.DYNAMIC_ALLOCATIONS
-
-# Images above this many pixels are refused (2**26: 8192 x 8192, 67 MP; raise it with
-# `max_pixels`). Large images are coded in windows (`networks.analyze_windows` and
-# `render_windows`), but what is kept for the whole image still grows with it: 50-70 bytes a
-# pixel each way for `small` (the image, the features at stride 2 and 4, the transformer's logits).
-DEFAULT_MAX_PIXELS = 2**26
 
 
 class Codec:

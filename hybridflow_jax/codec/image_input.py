@@ -8,6 +8,12 @@ import numpy as np
 from hybridflow_jax import imageio
 from hybridflow_jax.codec import container
 
+# Images above this many pixels are refused (2**26: 8192 x 8192, 67 MP; raise it with
+# `max_pixels`). Large images are coded in windows (`networks.analyze_windows` and
+# `render_windows`), but what is kept for the whole image still grows with it: 50-70 bytes a
+# pixel each way for `small` (the image, the features at stride 2 and 4, the transformer's logits).
+DEFAULT_MAX_PIXELS = 2**26
+
 
 class ConversionNotice(UserWarning):
   """An input image was converted (mode, bit depth, alpha, orientation) before coding."""

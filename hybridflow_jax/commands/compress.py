@@ -14,16 +14,20 @@ import json
 import pathlib
 import sys
 import warnings
+from typing import TYPE_CHECKING
 
 import PIL
 from PIL import Image
 
 from hybridflow_jax import imageio
-from hybridflow_jax.codec import programs
-from hybridflow_jax.codec.api import DEFAULT_MAX_PIXELS, Codec, CodecError, ConversionNotice
 from hybridflow_jax.codec.bundle import BundleError
+from hybridflow_jax.codec.coder import CodecError
+from hybridflow_jax.codec.image_input import DEFAULT_MAX_PIXELS, ConversionNotice
 from hybridflow_jax.commands import files
 from hybridflow_jax.errors import UserError, reported_as_user_errors
+
+if TYPE_CHECKING:
+  from hybridflow_jax.codec.api import Codec
 
 
 def run(ns) -> None:
@@ -71,6 +75,10 @@ def _read_image(name: str, limit: int):
 
 
 def _load(model: pathlib.Path, ns, limit: int) -> Codec:
+  """The Codec of `model`. jax is imported here, after the command line, the output and (for one
+  file) the input were checked: a bad one is refused in a fraction of a second."""
+  from hybridflow_jax.codec import programs
+  from hybridflow_jax.codec.api import Codec
   with reported_as_user_errors(BundleError):
     return Codec.load(model, max_pixels=limit, allocation=ns.allocation,
                       program_cache=programs.default_dir())

@@ -9,18 +9,18 @@ from __future__ import annotations
 import faulthandler
 import os
 
-import jax
 from absl import flags, logging
 
 from hybridflow_jax import cli, config_io
 from hybridflow_jax.errors import UserError, reported_as_user_errors
-from hybridflow_jax.train import trainer
 
 
 def run(ns) -> None:
   if not ns.workdir:
     raise UserError("--workdir is required")
+  # The config is loaded and checked before jax is imported: a bad one is refused at once.
   config = config_io.load_config(ns.config, ns.overrides)
+  from hybridflow_jax.train import trainer
   # What absl.app used to do for us: grain's worker processes read absl flags (they must count as
   # parsed), log lines go through absl's handler, and jax's backend probing stays off the screen
   # unless --verbosity asks for it; a native crash prints the Python stack.
@@ -38,6 +38,7 @@ def run(ns) -> None:
 
 def _init_distributed(ns) -> None:
   """Joins a multi-process job when there is one; a single process needs nothing."""
+  import jax
   if ns.coordinator_address:
     if ns.num_processes is None or ns.process_id is None:
       raise UserError("--coordinator_address needs --num_processes and --process_id")
