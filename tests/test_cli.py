@@ -18,6 +18,11 @@ from hybridflow_jax.errors import UserError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
+# `python -c JAX_PROBE ARGS` runs `hybridflow ARGS` and prints, last on stderr, whether jax was
+# imported ("jax loaded" / "no jax").
+JAX_PROBE = ("import sys; from hybridflow_jax import cli\n"
+             "try:\n  cli.main(sys.argv[1:])\n"
+             "finally:\n  print('jax loaded' if 'jax' in sys.modules else 'no jax', file=sys.stderr)")
 
 
 def hybridflow(*args, **kw):
@@ -57,10 +62,7 @@ def test_info_of_a_file_reads_its_header_without_jax(tmp_path):
   path = tmp_path / "x.hfc"
   path.write_bytes(container.pack(container.Bitstream(512, 768, fingerprint, 3, [bytes(1000)],
                                                       grey=True)))
-  probe = ("import sys; from hybridflow_jax import cli\n"
-           "try:\n  cli.main(sys.argv[1:])\n"
-           "finally:\n  print('jax loaded' if 'jax' in sys.modules else 'no jax', file=sys.stderr)")
-  r = subprocess.run([sys.executable, "-c", probe, "info", "--file", str(path)],
+  r = subprocess.run([sys.executable, "-c", JAX_PROBE, "info", "--file", str(path)],
                      capture_output=True, text=True, timeout=60, cwd=ROOT)
   assert r.returncode == 0 and r.stderr.strip() == "no jax", r.stderr
   lines = r.stdout.splitlines()
@@ -148,11 +150,8 @@ def _assert_one_line_error(args, status, stderr, message):
 def test_bad_inputs_are_refused_before_jax_loads(args, message, tmp_path):
   """A bad input file is one line and exit 2 in a fraction of a second: checked before jax is
   imported (about 3 s of a 2-core machine's start-up), and nothing is written."""
-  probe = ("import sys; from hybridflow_jax import cli\n"
-           "try:\n  cli.main(sys.argv[1:])\n"
-           "finally:\n  print('jax loaded' if 'jax' in sys.modules else 'no jax', file=sys.stderr)")
   args = [a.format(tmp=tmp_path) for a in args]
-  r = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True,
+  r = subprocess.run([sys.executable, "-c", JAX_PROBE, *args], capture_output=True, text=True,
                      timeout=60, cwd=ROOT)
   *error, jax_line = r.stderr.strip().splitlines()
   _assert_one_line_error(args, r.returncode, "\n".join(error), message)
@@ -174,16 +173,13 @@ def test_a_bad_config_is_refused_before_a_run_directory_is_made(tmp_path, capsys
 
 
 def test_help_lists_every_command_and_needs_no_jax():
-  probe = ("import sys; from hybridflow_jax import cli\n"
-           "try:\n  cli.main(sys.argv[1:])\n"
-           "finally:\n  print('jax loaded' if 'jax' in sys.modules else 'no jax', file=sys.stderr)")
-  r = subprocess.run([sys.executable, "-c", probe, "--help"], capture_output=True, text=True,
+  r = subprocess.run([sys.executable, "-c", JAX_PROBE, "--help"], capture_output=True, text=True,
                      timeout=60, cwd=ROOT)
   assert r.returncode == 0 and r.stderr.strip() == "no jax", r.stderr
   for command in ("train", "info", "export", "compress", "decompress", "eval", "plan",
                   "prepare-data"):
     assert f"    {command}" in r.stdout
-    sub = subprocess.run([sys.executable, "-c", probe, command, "--help"], capture_output=True,
+    sub = subprocess.run([sys.executable, "-c", JAX_PROBE, command, "--help"], capture_output=True,
                          text=True, timeout=60, cwd=ROOT)
     assert sub.returncode == 0 and sub.stderr.strip() == "no jax", (command, sub.stderr)
     assert f"usage: hybridflow {command}" in sub.stdout
