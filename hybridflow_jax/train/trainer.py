@@ -143,8 +143,6 @@ def overlay_bundle(params, flat: dict[str, np.ndarray], shardings):
   return flax.traverse_util.unflatten_dict(tree, sep="/")
 
 
-
-
 class Run:
   """What every stage of one `train` call shares: the mesh, the model, its initial params and the
   evaluator (each built or compiled once, not once per stage)."""
