@@ -14,6 +14,12 @@ import ml_collections
 
 from hybridflow_jax import schedules
 
+# The names a config may choose from, kept here (no jax) so that a config is checked before jax is
+# imported: the stages in training order (each defined in `stages.py`, which checks it has exactly
+# these) and the conv blocks' normalisations (`models.layers.norm_layer`).
+STAGES = ("vq", "continuous", "transformer", "bridge", "joint", "baseline")
+NORMS = ("group", "layer")
+
 # What a recorded `model` config (a run's config.json, a bundle's) means by a key it lacks: the
 # behaviour from before the key existed, so old runs and bundles build the networks they trained.
 LEGACY_MODEL_DEFAULTS = {
@@ -207,12 +213,8 @@ def crop_size(c: ml_collections.ConfigDict, stage: str) -> int:
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  """Raises ValueError with one line naming the bad key."""
-  # Deferred: config files import this module, and loading a config must not start jax.
-  from hybridflow_jax.models.layers import NORMS
-  from hybridflow_jax.models.masking import COMPLEXITY_SCORES
-  from hybridflow_jax.stages import NAMES as STAGES
-
+  """Raises ValueError with one line naming the bad key. Imports nothing: a bad config is refused
+  before jax loads."""
   def bad(key, msg):
     raise ValueError(f"config.{key}: {msg}")
 
@@ -237,8 +239,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for s in c.model.masking.schedules:
     if s not in schedules.FIXED:
       bad("model.masking.schedules", f"unknown schedule {s!r}")
-  if c.model.masking.score not in COMPLEXITY_SCORES:
-    bad("model.masking.score", f"must be one of {COMPLEXITY_SCORES}")
+  if c.model.masking.score not in schedules.COMPLEXITY_SCORES:
+    bad("model.masking.score", f"must be one of {schedules.COMPLEXITY_SCORES}")
   if c.image_size % 16:
     bad("image_size", f"must be a multiple of 16, got {c.image_size}")
   for stage in STAGES:

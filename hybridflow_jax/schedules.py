@@ -39,6 +39,8 @@ OPERATING_POINTS = ("1_4", "1_9", "1_16", DYNAMIC)
 # every candidate schedule and minimises error + lambda x kept tokens; "score" uses the model
 # config's complexity score (no decoding at the sender). Receivers decode either.
 DYNAMIC_ALLOCATIONS = ("rd", "score")
+# The complexity scores "score" can rank regions by (`models.masking.complexity`).
+COMPLEXITY_SCORES = ("gradient", "variance")
 
 _KEEP_RATIO = {"1_1": 1.0, "1_2": 1 / 2, "1_4": 1 / 4, "1_9": 1 / 9, "1_16": 1 / 16}
 _BLOCK = {"1_4": 2, "1_9": 3, "1_16": 4}

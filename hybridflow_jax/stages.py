@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from hybridflow_jax import losses
+from hybridflow_jax import config, losses
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.models.bridge import init_bridge_from_pixel_decoder
 from hybridflow_jax.models.entropy import bits, quantize
@@ -416,6 +416,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           training_only=(("baseline",),), evaluation=BASELINE, part_of_codec=False),
 )}
 NAMES = tuple(STAGES)
+if NAMES != config.STAGES:   # the names configs are checked against, before jax loads
+  raise RuntimeError(f"stages {NAMES} differ from config.STAGES {config.STAGES}")
 
 
 def get(name: str) -> Stage:

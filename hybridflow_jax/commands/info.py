@@ -21,10 +21,12 @@ def run(ns) -> None:
   if (ns.config is None) == (ns.model is None):
     raise UserError("give --config C (a config's model), --model NAME|PATH (a model bundle) or "
                     "--file X.hfc (a HybridFlow file), one of the three")
-  from hybridflow_jax import info  # jax: only for the parameter overviews
   if ns.model is None:
-    print(info.overview(config_io.load_config(ns.config, ns.overrides)))
+    config = config_io.load_config(ns.config, ns.overrides)   # a bad one is refused before jax loads
+    from hybridflow_jax import info  # jax: only for the parameter overviews
+    print(info.overview(config))
     return
+  from hybridflow_jax import info
   if ns.overrides:
     raise UserError(f"{ns.overrides[0]}: config overrides apply to --config, not to a model bundle")
   with reported_as_user_errors(bundle.BundleError):

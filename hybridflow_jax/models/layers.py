@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hybridflow_jax.config import NORMS
+
 
 def num_groups(channels: int, max_groups: int) -> int:
   """Largest group count <= max_groups that divides `channels` (GroupNorm needs a divisor)."""
@@ -35,9 +37,6 @@ def resize_to(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
   if x.shape[1:3] == tuple(hw):
     return x
   return jax.image.resize(x, (x.shape[0], *hw, x.shape[-1]), method="bilinear")
-
-
-NORMS = ("group", "layer")
 
 
 def norm_layer(kind: str, channels: int, groups: int, name: str) -> nn.Module:

@@ -22,8 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hybridflow_jax import schedules
-
-COMPLEXITY_SCORES = ("gradient", "variance")
+from hybridflow_jax.schedules import COMPLEXITY_SCORES
 
 
 def _luma(image: jax.Array) -> jax.Array:
