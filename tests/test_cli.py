@@ -190,8 +190,9 @@ def test_help_lists_every_command_and_needs_no_jax():
 
 def test_leaf_modules_import_no_jax():
   leaves = ("hybridflow_jax.errors", "hybridflow_jax.schedules", "hybridflow_jax.config_io",
-            "hybridflow_jax.imageio", "hybridflow_jax.codec.container", "hybridflow_jax.codec.bundle", "hybridflow_jax.cli",
-            "hybridflow_jax.commands.decompress", "hybridflow_jax.evaluation.references")
+            "hybridflow_jax.imageio", "hybridflow_jax.codec.container", "hybridflow_jax.codec.bundle",
+            "hybridflow_jax.cli", "hybridflow_jax.commands.decompress",
+            "hybridflow_jax.evaluation.references")
   probe = f"import sys; import {', '.join(leaves)}; print('jax' in sys.modules)"
   r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
   assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
