@@ -181,6 +181,9 @@ def base_config() -> ml_collections.ConfigDict:
   t.keep_checkpoints = 3                # how many to keep
   t.eval_every = 10_000                 # steps between held-out evaluations (0: none)
   t.eval_at_end = True                  # evaluate each stage when it finishes
+  t.profile_steps = 0                   # N > 0: trace N steps of each stage with jax.profiler,
+                                        # after its first 2 (WORKDIR/<stage>/profile/, for
+                                        # TensorBoard or xprof; train/profile.py)
 
   d = c.data = ml_collections.ConfigDict()
   d.train = "tfds:imagenet2012/train"   # "demo", a folder, or "tfds:BUILDER/SPLIT[@DATA_DIR]"
@@ -258,7 +261,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   counts = [(f"train.steps.{stage}", c.train.steps[stage], 0) for stage in STAGES]
   counts += [(f"train.{key}", c.train.get(key, least), least) for key, least in (
       ("batch_size", 1), ("log_every", 1), ("checkpoint_every", 1), ("keep_checkpoints", 1),
-      ("eval_every", 0), ("warmup_steps", 0), ("dead_code_every", 0), ("kmeans_iterations", 0))]
+      ("eval_every", 0), ("warmup_steps", 0), ("dead_code_every", 0), ("kmeans_iterations", 0),
+      ("profile_steps", 0))]
   counts += [(f"data.{key}", c.data.get(key, least), least) for key, least in (
       ("eval_limit", 1), ("workers", 0), ("prefetch", 0), ("cache_mb", 0))]
   for key, value, least in counts:

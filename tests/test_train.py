@@ -149,7 +149,13 @@ def straight(compile_cache, one_stage, tmp_path_factory):
   It checkpoints only at its first and last step (orbax takes about a second a save here): how
   often a run checkpoints must not change what it trains."""
   workdir = tmp_path_factory.mktemp("straight")
-  train(compile_cache, workdir, *one_stage, "train.checkpoint_every=1000")
+  r = train(compile_cache, workdir, *one_stage, "train.checkpoint_every=1000",
+            "train.profile_steps=3")
+  # Steps 3-5 traced (after the two that compile and warm up): a trace TensorBoard and xprof read,
+  # and the resumed runs below, traced nowhere, must still end with these params to the bit.
+  trace = workdir / "continuous" / "profile" / "process_0"
+  assert "[continuous] profile: steps 3-5 traced" in r.stdout and str(trace) in r.stdout, r.stdout
+  assert len(list(trace.glob("plugins/profile/*/*.xplane.pb"))) == 1
   return workdir
 
 

@@ -37,6 +37,7 @@ class StageDir:
     self.frozen = self.root / "frozen"
     self.params = self.root / "params"
     self.metrics = self.root / "metrics"
+    self.profile = self.root / "profile"
     self.summary = self.root / "summary.json"
     self.skipped = self.root / "skipped_images.json"
     self._done = self.root / "DONE"

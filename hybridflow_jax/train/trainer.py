@@ -36,6 +36,7 @@ from hybridflow_jax.data import pipeline
 from hybridflow_jax.errors import UserError
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.train import checkpoint as ckpt_lib
+from hybridflow_jax.train import profile as profile_lib
 from hybridflow_jax.train import sharding as shard_lib
 from hybridflow_jax.train import steps as steps_lib
 from hybridflow_jax.train.metrics import MetricWriter, ProgressReporter
@@ -264,11 +265,16 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
   images_since_log = 0
   history: list[dict] = []
   result: dict = {}
+  profiler = profile_lib.StepProfiler(folder.profile, cfg.train.get("profile_steps", 0), step,
+                                     f"[{stage}]")
   while step < total_steps:
     batch = next(data_iter)
     images = jax.make_array_from_process_local_data(images_sharding, batch["image"])
+    profiler.before(step)
     state, metrics = compiled.step(state, images)
     step += 1
+    if line := profiler.after(step, state):
+      _log(line)
     preempted, skipped = sigterm.exchange(batch["skipped"])
     if new := {int(i) for i in skipped if i >= 0} - bad_records:
       bad_records |= new
@@ -299,6 +305,8 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
       raise Preempted()
 
   # --- Finish ------------------------------------------------------------------------------------
+  if line := profiler.finish(step, state):
+    _log(line)
   checkpoints.save(step, state, data_iter, cfg, force=True)
   checkpoints.wait()
   final = _inference_params(state, cfg)
