@@ -27,7 +27,7 @@ COMPILE_CACHE_ENV = "HYBRIDFLOW_COMPILE_CACHE"
 # Least recently used programs are dropped past this size.
 COMPILE_CACHE_MAX_BYTES = 2 * 2**30
 # Commands whose unknown `--config.FIELD=VALUE` words override fields of the loaded config.
-CONFIG_COMMANDS = ("train", "info")
+CONFIG_COMMANDS = ("train", "info", "plan")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
   p = command("plan", "compile a config's update steps ahead of time for N devices: params, "
-              "FLOPs, memory (--config C --devices N [--hbm-gib G])")
+              "FLOPs, memory (--config C --devices N [--hbm-gib G] [--config.FIELD=VALUE ...])")
   p.add_argument("--config", required=True, help="a config file (configs/*.py)")
   p.add_argument("--devices", type=int, required=True, help="number of devices to plan for")
   p.add_argument("--hbm-gib", "--hbm_gib", dest="hbm_gib", type=float, default=None,

@@ -34,3 +34,6 @@ def test_plan_refuses_bad_meshes(compile_cache, tmp_path):
   r, _ = _plan(compile_cache, tmp_path, 6)
   assert r.returncode == 2 and "batch size 256" in r.stderr
   assert len(r.stderr.strip().splitlines()) == 1
+  # Config overrides apply as in `train`: the batch they set is the one checked.
+  r, _ = _plan(compile_cache, tmp_path, 8, "--config.train.batch_size=250")
+  assert r.returncode == 2 and "batch size 250 does not divide" in r.stderr, r.stderr[-3000:]

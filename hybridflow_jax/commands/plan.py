@@ -1,4 +1,5 @@
-"""`hybridflow plan --config C --devices N [--hbm-gib G] [--fsdp F] [--stage S] [--json PATH]`.
+"""`hybridflow plan --config C --devices N [--hbm-gib G] [--fsdp F] [--stage S] [--json PATH]
+[--config.FIELD=VALUE ...]`.
 
 Compiles every stage's update step ahead of time for N host devices (`hybridflow_jax/plan.py`) and
 prints its figures; exit status 1 if a stage does not fit in G GiB. The CLI has set the device count
@@ -20,7 +21,7 @@ from hybridflow_jax.train import sharding as shard_lib
 def run(ns) -> int:
   if ns.hbm_gib is not None and not ns.hbm_gib > 0:
     raise UserError("--hbm-gib must be positive")
-  cfg = config_io.load_config(ns.config)
+  cfg = config_io.load_config(ns.config, ns.overrides)
   if ns.fsdp is not None:
     if ns.fsdp != -1 and (ns.fsdp < 1 or ns.devices % ns.fsdp):
       raise UserError(f"--fsdp {ns.fsdp} must be -1 or divide --devices {ns.devices}")
