@@ -152,6 +152,9 @@ def base_config() -> ml_collections.ConfigDict:
   t = c.train = ml_collections.ConfigDict()
   t.batch_size = 64                     # global batch
   t.learning_rate = 1e-4                # AdamW peak (MaskGIT tokenizer uses 1e-4)
+  # A stage's own peak, where it differs (0: train.learning_rate), e.g. a fine-tuning stage that
+  # starts from trained networks (`learning_rate`).
+  t.stage_learning_rate = ml_collections.ConfigDict({s: 0.0 for s in STAGES})
   t.warmup_steps = 5_000                # linear warm-up, then cosine decay to 0 (ours)
   t.weight_decay = 1e-4                 # AdamW decoupled decay (MaskGIT)
   t.grad_clip = 1.0                     # global-norm clipping
@@ -215,6 +218,12 @@ def crop_size(c: ml_collections.ConfigDict, stage: str) -> int:
   return int(c.train.crop_size[stage]) or int(c.image_size)
 
 
+def learning_rate(c: ml_collections.ConfigDict, stage: str) -> float:
+  """The AdamW peak of `stage`: its train.stage_learning_rate if set, else train.learning_rate."""
+  own = c.train.get("stage_learning_rate", {}).get(stage, 0.0)
+  return float(own or c.train.learning_rate)
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError with one line naming the bad key. Imports nothing: a bad config is refused
   before jax loads."""
@@ -270,3 +279,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
       bad(key, f"must be a whole number >= {least}, got {value!r}")
   if not c.train.learning_rate > 0:
     bad("train.learning_rate", f"must be > 0, got {c.train.learning_rate!r}")
+  for stage, lr in c.train.get("stage_learning_rate", {}).items():
+    if stage not in STAGES or not lr >= 0:
+      bad(f"train.stage_learning_rate.{stage}", f"must be a stage's peak >= 0 (0: "
+          f"train.learning_rate), got {lr!r}")

@@ -23,6 +23,7 @@ from helpers import run_env as _env
 from helpers import train_cmd as _cmd
 
 from hybridflow_jax import config_io, schedules, stages
+from hybridflow_jax.errors import UserError
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.train import checkpoint as ckpt_lib
 
@@ -451,3 +452,27 @@ def test_fine_tuning_refuses_a_bundle_of_another_model(untrained_bundle, tmp_pat
     trainer.read_init_bundle(missing)
   # Nothing to fine-tune from: the run initialises from its seed, as before.
   assert trainer.read_init_bundle(config_io.load_config(TINY)) is None
+
+
+def test_a_stage_can_have_its_own_learning_rate():
+  """train.stage_learning_rate.<stage> sets that stage's AdamW peak; the others keep
+  train.learning_rate. Measured on the optimiser itself: with constant unit gradients Adam's step
+  is the schedule's rate, which reaches its peak after the one warm-up step of a 10-step stage."""
+  from hybridflow_jax.train import steps as steps_lib
+  cfg = config_io.load_config(TINY, ["--config.train.stage_learning_rate.joint=2e-4",
+                                     "--config.train.weight_decay=0"])
+  params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), hf.param_shapes(hf.build_model(cfg)))
+  for stage, peak in (("joint", 2e-4), ("bridge", cfg.train.learning_rate)):
+    tx = steps_lib.make_optimizer(cfg, params, stage, steps=10)
+    grads = jax.tree.map(np.ones_like, params)
+    state = tx.init(params)
+    for _ in range(2):
+      updates, state = tx.update(grads, state, params)
+    moved = [np.abs(u).max() for u, t in zip(jax.tree.leaves(updates),
+                                             jax.tree.leaves(stages.trainable(params, stage))) if t]
+    frozen = [np.abs(u).max() for u, t in zip(jax.tree.leaves(updates),
+                                              jax.tree.leaves(stages.trainable(params, stage))) if not t]
+    np.testing.assert_allclose(moved, peak, rtol=1e-3)
+    assert frozen and max(frozen) == 0.0
+  with pytest.raises(UserError, match="stage_learning_rate.vq: must be a stage's peak >= 0"):
+    config_io.load_config(TINY, ["--config.train.stage_learning_rate.vq=-1"])

@@ -20,7 +20,7 @@ import optax
 from jax.sharding import NamedSharding
 
 from hybridflow_jax import losses, stages
-from hybridflow_jax.config import crop_size
+from hybridflow_jax.config import crop_size, learning_rate
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.models.discriminator import PatchDiscriminator
 from hybridflow_jax.perceptual import lpips_distance, lpips_weights
@@ -49,7 +49,7 @@ def make_optimizer(cfg, params, stage: str, steps: int) -> optax.GradientTransfo
   labels = jax.tree.map(lambda t: "train" if t else "freeze", stages.trainable(params, stage))
   train = optax.chain(
       optax.clip_by_global_norm(cfg.train.grad_clip),
-      optax.adamw(schedule(cfg, steps, cfg.train.learning_rate),
+      optax.adamw(schedule(cfg, steps, learning_rate(cfg, stage)),
                   weight_decay=cfg.train.weight_decay))
   return optax.multi_transform({"train": train, "freeze": optax.set_to_zero()}, labels)
 
