@@ -9,8 +9,7 @@ wall time in the log.
 On XLA:CPU the trace's op events time the dispatch of each op, not its work: convolutions, matrix
 products and fusions run asynchronously on XLA's thread pool, untraced (a 172 ms convolution, a
 60 ms fusion and a 77 ms 2048² matrix product each showed as an event of under 0.01 ms, jax
-0.10.2). For
-where a CPU step's time goes, time the layers instead (docs/benchmarks.md).
+0.10.2). Where a CPU step's time goes takes timing its layers one at a time instead.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ class StepProfiler:
     self._began: float | None = None
 
   def before(self, step: int) -> None:
-    if self.steps and step == self.first and self._began is None:
+    if self.steps and step == self.first:
       self.folder.mkdir(parents=True, exist_ok=True)
       options = jax.profiler.ProfileOptions()
       # No Python tracer: the input and checkpoint threads would record hundreds of thousands of
