@@ -137,6 +137,10 @@ def base_config() -> ml_collections.ConfigDict:
   # fidelity is not drowned: at 20 dB the MSE term is ~1.5, LPIPS ~0.3.
   lo.rate_lambda = 0.075 * 2 ** -5
   lo.rate_target = 0.03                 # bpp of y_hat + z_hat: the side stream's budget (DESIGN)
+  # The joint stage's own target (0: rate_target). A fine-tune of every network at once moves the
+  # side stream's rate on photos it never saw; its own target holds the files where the
+  # `continuous` stage put them (configs/small.py).
+  lo.joint_rate_target = 0.0
   lo.rate_over_weight = 32.0            # w above the target: HiFiC's largest lambda_a/lambda_b
   lo.baseline_rate_target = matched_baseline_rate(1024, lo.rate_target)
   # The continuous-only codec is held AT its target (rate term rate_over_weight * |bpp - target|),
@@ -261,8 +265,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
       bad(f"train.crop_size.{stage}", f"must be 0 or a positive multiple of 16, got {crop}")
   if c.train.codebook_init not in ("kmeans", "random"):
     bad("train.codebook_init", "must be kmeans or random")
-  if c.losses.rate_target < 0 or c.losses.baseline_rate_target < 0:
-    bad("losses.rate_target", "rate targets are bpp >= 0 (0: no targeting)")
+  for key in ("rate_target", "joint_rate_target", "baseline_rate_target"):
+    if not c.losses.get(key, 0.0) >= 0:
+      bad(f"losses.{key}", f"rate targets are bpp >= 0, got {c.losses[key]!r}")
   if c.losses.pixel not in ("l1", "l2"):
     bad("losses.pixel", "must be l1 or l2")
   # Counts the trainer divides by or sizes buffers with: refused here, before a run directory is

@@ -222,7 +222,8 @@ def _bridge_loss(out, x, cfg):
 
 def _joint_loss(out, x, cfg):
   m = {**_rate_terms(out, x), **_token_terms(out), "mse": losses.mse(out["x_hat"], x)}
-  m["loss"] = _rd(m, m["mse"], cfg, cfg.rate_target) + m["token_ce"]
+  target = cfg.get("joint_rate_target", 0.0) or cfg.rate_target
+  m["loss"] = _rd(m, m["mse"], cfg, target) + m["token_ce"]
   return m["loss"], m
 
 

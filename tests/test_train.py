@@ -475,3 +475,24 @@ def test_a_stage_can_have_its_own_learning_rate():
                                  rtol=1e-3, err_msg=f"{stage}: {name}")
   with pytest.raises(UserError, match="stage_learning_rate.vq: must be a stage's peak >= 0"):
     config_io.load_config(TINY, ["--config.train.stage_learning_rate.vq=-1"])
+
+
+def test_the_joint_stage_can_hold_its_own_rate_target():
+  """losses.joint_rate_target (0: losses.rate_target) is the rate above which the joint loss
+  weighs bits rate_over_weight times; the continuous stage keeps losses.rate_target. Measured on
+  the stages' own losses at 0.04 bpp, between the two targets."""
+  from hybridflow_jax import stages
+  x = np.zeros((1, 8, 8, 3), np.float32)
+  out = {"y_likelihood": np.full((1,), 2.0 ** -(0.04 * 64), np.float32),
+         "z_likelihood": np.ones((1,), np.float32), "x_hat": x, "x_cont": x,
+         "logits": np.zeros((1, 4, 8), np.float32), "indices": np.zeros((1, 4), np.int32),
+         "visible": np.ones((1, 4), bool)}
+  def loss(stage, *overrides):
+    cfg = config_io.load_config(TINY, ["--config.losses.rate_target=0.05", *overrides])
+    return float(stages.get(stage).loss(out, x, cfg.losses)[0])
+  over = config_io.load_config(TINY).losses.rate_over_weight
+  assert loss("continuous", "--config.losses.joint_rate_target=0.03") == pytest.approx(0.04)
+  assert loss("joint") == pytest.approx(0.04)
+  assert loss("joint", "--config.losses.joint_rate_target=0.03") == pytest.approx(over * 0.04)
+  with pytest.raises(UserError, match="losses.joint_rate_target: rate targets are bpp >= 0"):
+    config_io.load_config(TINY, ["--config.losses.joint_rate_target=-0.01"])
