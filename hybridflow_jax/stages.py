@@ -13,7 +13,7 @@ exactly zero and the backward pass skips them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import flax
@@ -294,6 +294,12 @@ class Evaluation:
   # (model, config) -> the jittable program (params, LPIPS-Alex weights, x, keep, side bits)
   #   -> (metrics, reconstruction)
   build: Callable[..., Callable]
+  # The training-only network (a param path) that renders the reconstruction, where the stage
+  # evaluated does not train it: in a fine-tuned run that never trained it, it is still its seed's.
+  renders_with: tuple[str, ...] = ()
+
+
+IMAGE_METRICS = ("psnr", "lpips")   # what an evaluation measures on its reconstruction
 
 
 def psnr(x_hat: jax.Array, x: jax.Array) -> jax.Array:
@@ -378,7 +384,8 @@ CONTINUOUS_ONLY = Evaluation("the continuous stream's own head, with its rate", 
 BASELINE = Evaluation("the continuous-only codec (full synthesis transform), with its rate", False,
                       _continuous_codec(hf.HybridFlow.continuous_baseline, "x_base"))
 TOKEN_PREDICTION = Evaluation("tokens predicted by the transformer (accuracy on the unsent ones) "
-                              "rendered by G_vq", True, _token_prediction)
+                              "rendered by G_vq", True, _token_prediction,
+                              renders_with=("pixel_decoder",))
 HYBRID = Evaluation("the hybrid codec: sent tokens, the transformer, the bridging decoder", True,
                     _hybrid)
 
@@ -442,3 +449,15 @@ def codec_stages(cfg: ml_collections.ConfigDict) -> list[str]:
 def training_only_paths() -> tuple[tuple[str, ...], ...]:
   """Param paths no inference program reads (what an exported bundle leaves out)."""
   return tuple(path for s in STAGES.values() for path in s.training_only)
+
+
+def seeded_networks(cfg: ml_collections.ConfigDict,
+                    trained: Iterable[str]) -> tuple[tuple[str, ...], ...]:
+  """The training-only networks (param paths) a run holds as its seed made them: in a fine-tuned
+  run (`train.init_from`; a bundle holds only what decoding needs), those of the stages not in
+  `trained` (the stages this run trained). Nothing in a run that starts from its seed: each stage
+  it trains needs the ones before it."""
+  if not cfg.train.get("init_from", ""):
+    return ()
+  trained = set(trained)
+  return tuple(path for s in STAGES.values() if s.name not in trained for path in s.training_only)

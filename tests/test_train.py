@@ -437,6 +437,29 @@ def test_fine_tuning_trains_one_stage_from_a_model_bundle(compile_cache, tiny_ru
   _, params, provenance = export.load_run(tmp_path)
   assert provenance["source"]["init_from"] == str(untrained_bundle)
   np.testing.assert_array_equal(bundle_lib.flatten(params)[key], got[key])
+  # The networks only training uses are its seed's here: the ablation leaves out the rows they
+  # would render (G_vq's codebook-only rows, the light head's), rather than report their noise.
+  from hybridflow_jax.evaluation import ablation
+  lines = []
+  _, decoders, continuous, _ = ablation.load(tmp_path, prior_images=1, log=lines.append)
+  assert "continuous head" not in continuous and "continuous-only" not in continuous
+  assert any("pixel_decoder is untrained" in line and "no codebook-only rows" in line
+             for line in lines), lines
+  assert any("continuous/synthesis_head is untrained" in line for line in lines), lines
+  # So does the trainer's evaluation of a stage that renders with one of them (transformer: G_vq
+  # on its predicted tokens); a run that trained the vq stage itself measures those pixels.
+  cfg = config_io.load_config(TINY, [f"--config.train.init_from={untrained_bundle}"])
+  assert stages.seeded_networks(cfg, ["continuous", "transformer"]) == (
+      ("pixel_decoder",), ("baseline",))
+  assert ("pixel_decoder",) not in stages.seeded_networks(cfg, ["vq", "transformer"])
+  assert stages.seeded_networks(config_io.load_config(TINY), []) == ()
+  from hybridflow_jax.train import trainer
+  for overrides, renders in (([f"--config.train.init_from={untrained_bundle}",
+                               "--config.stage=transformer"], False),
+                             ([f"--config.train.init_from={untrained_bundle}"], True),
+                             (["--config.stage=transformer"], True)):
+    run = trainer.Run(config_io.load_config(TINY, overrides), tmp_path / "unused")
+    assert run.evaluator("transformer").measures_images is renders, overrides
 
 
 def test_fine_tuning_refuses_a_bundle_of_another_model(untrained_bundle, tmp_path):

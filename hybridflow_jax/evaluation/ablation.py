@@ -44,6 +44,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from hybridflow_jax import schedules as schedules_lib
+from hybridflow_jax import stages
 from hybridflow_jax.codec import bundle as bundle_lib
 from hybridflow_jax.codec import container, payload
 from hybridflow_jax.codec.api import Codec, greyscale, to_uint8
@@ -67,7 +68,8 @@ FILES = ("ablation.json", "ablation.md", "ablation.png", "panel.png")
 class _Decoders:
   """The receiver-side renderings of one hybrid file: hybrid, codebook-only, and y_hat zeroed."""
 
-  def __init__(self, model: hf.HybridFlow, params):
+  def __init__(self, model: hf.HybridFlow, params, codebook: bool = True):
+    """codebook=False: no codebook-only rendering (G_vq is untrained in a fine-tuned run)."""
     self.params = params
     steps = model.config.transformer.decode_steps
     k = model.config.vq.num_codes
@@ -77,12 +79,13 @@ class _Decoders:
       predict = lambda t, c: model.apply(p, t, c, method=hf.HybridFlow.predict_tokens)
       tokens = decode_tokens(predict, indices[None], keep[None], y_hat[None], k, steps)
       hybrid = model.apply(p, tokens, y_hat[None], method=hf.HybridFlow.render)
-      codebook = model.apply(p, tokens, method=hf.HybridFlow.render_codebook)
       zero = jnp.zeros_like(y_hat)[None]
       tokens0 = decode_tokens(predict, indices[None], keep[None], zero, k, steps)
       without_y = model.apply(p, tokens0, zero, method=hf.HybridFlow.render)
-      return {"hybrid": hybrid[0], "codebook-only": codebook[0], "hybrid y=0": without_y[0],
-              "tokens": tokens[0]}
+      out = {"hybrid": hybrid[0], "hybrid y=0": without_y[0], "tokens": tokens[0]}
+      if codebook:
+        out["codebook-only"] = model.apply(p, tokens, method=hf.HybridFlow.render_codebook)[0]
+      return out
     self._render = jax.jit(render)
 
   def __call__(self, frame: payload.Frame) -> dict[str, np.ndarray]:
@@ -159,12 +162,25 @@ def load(workdir, *, baseline_workdir=None, prior_images: int | None = 1000,
   bundle = export.make_bundle(config, params, prior_images=prior_images, provenance=provenance,
                               log=log)
   codec = Codec(bundle)
-  decoders = _Decoders(codec.model, jax.tree.map(jnp.asarray, params))
+  # A fine-tuned run holds the training-only networks of the stages it did not train as its seed
+  # made them: the rows they render would measure nothing.
+  run = RunDir(workdir)
+  seeded = stages.seeded_networks(
+      config, [s for s in stages.stage_list(config) if run.stage(s).is_done()])
+  def untrained(path, rows):
+    if path in seeded:
+      log(f"{'/'.join(path)} is untrained in {workdir} (fine-tuned from "
+          f"{config.train.init_from}, whose bundle lacks it): no {rows}")
+    return path in seeded
+  codebook = not untrained(("pixel_decoder",), "codebook-only rows")
+  decoders = _Decoders(codec.model, jax.tree.map(jnp.asarray, params), codebook=codebook)
   full = dict(jax.tree.map(np.asarray, params))
-  # The hybrid's own side stream decoded by the light head it was trained with.
-  continuous = {"continuous head": ContinuousOnlyCodec(
-      config, full, full["continuous"], lambda m, y: m.continuous.synthesis_head(y),
-      prior_images)}
+  continuous = {}
+  if not untrained(("continuous", "synthesis_head"), "continuous head row"):
+    # The hybrid's own side stream decoded by the light head it was trained with.
+    continuous["continuous head"] = ContinuousOnlyCodec(
+        config, full, full["continuous"], lambda m, y: m.continuous.synthesis_head(y),
+        prior_images)
   base_run = RunDir(baseline_workdir or workdir)
   stage = base_run.stage("baseline")
   if stage.is_done():
@@ -227,7 +243,8 @@ def _decodings(codec: Codec, decoders: _Decoders, continuous: dict[str, Continuo
     # The transformer's accuracy on the indices the file did not send (NaN if it sent all).
     accuracy = float(np.mean(tokens[unsent] == lat.indices[unsent])) if unsent.any() else math.nan
     yield "hybrid", schedule, bits, decoded["hybrid"], {"token_acc": accuracy}
-    yield "codebook-only", schedule, bits, decoded["codebook-only"], {"token_acc": accuracy}
+    if "codebook-only" in decoded:
+      yield "codebook-only", schedule, bits, decoded["codebook-only"], {"token_acc": accuracy}
     if schedule == REFERENCE_POINT:
       yield "hybrid y=0", schedule, bits, decoded["hybrid y=0"], {}
       reference_bpp = bits / (rgb.shape[0] * rgb.shape[1])

@@ -189,9 +189,20 @@ class Run:
   def evaluator(self, stage: str) -> Evaluator:
     """The held-out evaluation of `stage` (compiled once per evaluation program)."""
     program = stages.STAGES[stage].evaluation
-    if program not in self._evaluators:
-      self._evaluators[program] = Evaluator(self.model, self.cfg, self.mesh, program)
-    return self._evaluators[program]
+    run_stages = stages.stage_list(self.cfg)
+    trained = run_stages[:run_stages.index(stage) + 1]
+    # A fine-tuned run that did not train the network its evaluation renders with has that
+    # network as its seed made it: its pixels would measure nothing.
+    renders = not program.renders_with or \
+        program.renders_with not in stages.seeded_networks(self.cfg, trained)
+    if (program, renders) not in self._evaluators:
+      if not renders:
+        _log(f"[{stage}] {'/'.join(program.renders_with)} is untrained in this run (fine-tuned from "
+             f"{self.cfg.train.init_from}, whose bundle lacks it): the held-out evaluation leaves "
+             f"out the images it renders ({', '.join(stages.IMAGE_METRICS)})")
+      self._evaluators[program, renders] = Evaluator(self.model, self.cfg, self.mesh, program,
+                                                     images=renders)
+    return self._evaluators[program, renders]
 
 
 def _mesh_line(run: Run) -> str:
@@ -346,7 +357,9 @@ class Evaluator:
 
   FLAT = "flat mean"
 
-  def __init__(self, model, cfg, mesh, evaluation: stages.Evaluation):
+  def __init__(self, model, cfg, mesh, evaluation: stages.Evaluation, images: bool = True):
+    # images=False: the reconstruction is not measured (its renderer is untrained in this run).
+    self.measures_images = images
     names, images = pipeline.eval_images(cfg.data.eval, cfg.eval_size, cfg.data.eval_limit)
     if not names:
       raise ValueError(f"config.data.eval={cfg.data.eval!r} holds no readable image")
@@ -367,10 +380,12 @@ class Evaluator:
     for name, (keep, side_bits) in self.points.items():
       metrics, recon = self.fn(params, self.lpips, self.images, keep, side_bits)
       metrics = jax.device_get(metrics)
-      table[name] = {k: float(np.mean(v)) for k, v in metrics.items()}
+      table[name] = {k: float(np.mean(v)) for k, v in metrics.items()
+                     if self.measures_images or k not in stages.IMAGE_METRICS}
       writer.write_scalars(step, {f"eval/{name}/{k}": v for k, v in table[name].items()})
-      strip = np.concatenate([np.asarray(self.images[:2]), np.asarray(recon[:2])], axis=2)
-      writer.write_images(step, {f"eval/{name}/original_vs_reconstruction": strip})
+      if self.measures_images:
+        strip = np.concatenate([np.asarray(self.images[:2]), np.asarray(recon[:2])], axis=2)
+        writer.write_images(step, {f"eval/{name}/original_vs_reconstruction": strip})
     table[self.FLAT] = {"psnr": self.flat_psnr}
     writer.write_scalars(step, {"eval/flat_mean_psnr": self.flat_psnr})
     writer.flush()
