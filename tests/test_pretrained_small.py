@@ -21,18 +21,21 @@ from hybridflow_jax.data import demo
 from hybridflow_jax.image_metrics import psnr_uint8
 
 # photo -> schedule -> (file bytes, PSNR dB), measured when the bundle was exported: last when the
-# vq, transformer and bridge stages were trained again with LPIPS x 1 (configs/small.py; the
-# bundle before, LPIPS x 0.1, wrote 1356 / 22.1778, 1188 / 22.1562, 1380 / 23.3554, 1179 /
-# 23.3282); before that when the bridge moved to LayerNorm (the same files; the GroupNorm bridge
-# decoded 21.9285, 21.8330, 23.1015, 22.8213); and the first shipped `small` (side stream at rate
-# target 0.03) wrote 1004 / 19.6115, 836 / 19.4501, 1005 / 20.4073, 803 / 20.0422.
+# joint stage fine-tuned the hybrid's networks (`566e0884`; the bundle before it, `73622ef0`, wrote
+# 1346 / 21.9197, 1185 / 21.8993, 1374 / 22.7651, 1176 / 22.7107); before that when the vq,
+# transformer and bridge stages were trained again with LPIPS x 1 (the bundle before, LPIPS x 0.1,
+# wrote 1356 / 22.1778, 1188 / 22.1562, 1380 / 23.3554, 1179 / 23.3282); before that when the
+# bridge moved to LayerNorm (the same files; the GroupNorm bridge decoded 21.9285, 21.8330,
+# 23.1015, 22.8213); and the first shipped `small` (side stream at rate target 0.03) wrote
+# 1004 / 19.6115, 836 / 19.4501, 1005 / 20.4073, 803 / 20.0422.
 RECORDED = {
-    "coffee": {"1_4": (1346, 21.9197), "1_16": (1185, 21.8993)},
-    "flower": {"1_4": (1374, 22.7651), "1_16": (1176, 22.7107)},
+    "coffee": {"1_4": (1294, 22.1338), "1_16": (1133, 22.1085)},
+    "flower": {"1_4": (1422, 23.2331), "1_16": (1223, 23.1796)},
 }
 
 
-# `hybridflow compress` of coffee at 1_4 with the shipped `small` (2026-11-30, 1346 bytes).
+# `hybridflow compress` of coffee at 1_4 with the shipped `small` (2026-12-02, `566e0884`, 1294
+# bytes).
 GOLDEN_FILE = pathlib.Path(__file__).parent / "golden" / "coffee_small_1_4.hfc"
 
 
