@@ -73,7 +73,8 @@ def get_config():
   # 2200 steps (runs/small_baseline6, GroupNorm synthesis) and 0.0432 with the LayerNorm synthesis
   # it now has (runs/small_baseline_ln): 7-8 % above the hybrid's 0.0399. With LPIPS x 1 (below)
   # 0.067 wrote 0.0448 (+12 %, runs/small_baseline_p1) and 0.064 wrote 0.0417 (+4.5 %,
-  # runs/small_baseline_p1m, the ablation's continuous-only row).
+  # runs/small_baseline_p1m, the continuous-only row against 73622ef0); with the 2600 steps it has
+  # now, 0.0436 (+9.5 % of 566e0884's 0.0398, runs/small_baseline_j, the ablation's row).
   c.losses.baseline_rate_target = 0.064
   # LPIPS x 1 in the vq, bridge and baseline losses (VQGAN's perceptual weight, HiFiC's k_P), not
   # the demo's fidelity-first x 0.1. Measured on the held-out photos at 1_4 with the same
