@@ -201,7 +201,7 @@ class Run:
              f"{self.cfg.train.init_from}, whose bundle lacks it): the held-out evaluation leaves "
              f"out the images it renders ({', '.join(stages.IMAGE_METRICS)})")
       self._evaluators[program, renders] = Evaluator(self.model, self.cfg, self.mesh, program,
-                                                     images=renders)
+                                                     measure_images=renders)
     return self._evaluators[program, renders]
 
 
@@ -357,9 +357,10 @@ class Evaluator:
 
   FLAT = "flat mean"
 
-  def __init__(self, model, cfg, mesh, evaluation: stages.Evaluation, images: bool = True):
-    # images=False: the reconstruction is not measured (its renderer is untrained in this run).
-    self.measures_images = images
+  def __init__(self, model, cfg, mesh, evaluation: stages.Evaluation,
+               measure_images: bool = True):
+    # measure_images=False: the reconstruction is not measured (its renderer is untrained here).
+    self.measures_images = measure_images
     names, images = pipeline.eval_images(cfg.data.eval, cfg.eval_size, cfg.data.eval_limit)
     if not names:
       raise ValueError(f"config.data.eval={cfg.data.eval!r} holds no readable image")
