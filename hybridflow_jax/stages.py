@@ -461,3 +461,9 @@ def seeded_networks(cfg: ml_collections.ConfigDict,
     return ()
   trained = set(trained)
   return tuple(path for s in STAGES.values() if s.name not in trained for path in s.training_only)
+
+
+def seeded_note(path: tuple[str, ...], cfg: ml_collections.ConfigDict, where: str) -> str:
+  """Why a `seeded_networks` path renders nothing worth measuring, for the log."""
+  return (f"{'/'.join(path)} is untrained in {where} (fine-tuned from {cfg.train.init_from}, "
+          f"whose bundle lacks it)")

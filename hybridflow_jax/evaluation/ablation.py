@@ -169,8 +169,7 @@ def load(workdir, *, baseline_workdir=None, prior_images: int | None = 1000,
       config, [s for s in stages.stage_list(config) if run.stage(s).is_done()])
   def untrained(path, rows):
     if path in seeded:
-      log(f"{'/'.join(path)} is untrained in {workdir} (fine-tuned from "
-          f"{config.train.init_from}, whose bundle lacks it): no {rows}")
+      log(f"{stages.seeded_note(path, config, workdir)}: no {rows}")
     return path in seeded
   codebook = not untrained(("pixel_decoder",), "codebook-only rows")
   decoders = _Decoders(codec.model, jax.tree.map(jnp.asarray, params), codebook=codebook)

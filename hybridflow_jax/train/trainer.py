@@ -197,9 +197,9 @@ class Run:
         program.renders_with not in stages.seeded_networks(self.cfg, trained)
     if (program, renders) not in self._evaluators:
       if not renders:
-        _log(f"[{stage}] {'/'.join(program.renders_with)} is untrained in this run (fine-tuned from "
-             f"{self.cfg.train.init_from}, whose bundle lacks it): the held-out evaluation leaves "
-             f"out the images it renders ({', '.join(stages.IMAGE_METRICS)})")
+        _log(f"[{stage}] {stages.seeded_note(program.renders_with, self.cfg, 'this run')}: the "
+             f"held-out evaluation leaves out the images it renders "
+             f"({', '.join(stages.IMAGE_METRICS)})")
       self._evaluators[program, renders] = Evaluator(self.model, self.cfg, self.mesh, program,
                                                      measure_images=renders)
     return self._evaluators[program, renders]
