@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from hybridflow_jax import pretrained, schedules
-from hybridflow_jax.errors import UserError, fail
+from hybridflow_jax.errors import UserError, check_local_path, fail
 
 MAX_DEVICES = 4096
 # Commands that compile XLA programs. Their compiled programs stay on disk between runs (jax's
@@ -37,10 +37,19 @@ class _Parser(argparse.ArgumentParser):
     fail(self.prog, message)
 
 
+def _local_path(value: str) -> str:
+  """argparse type of the paths hybridflow writes or reads as runs and results: no URLs."""
+  try:
+    check_local_path(value)
+  except UserError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+  return value
+
+
 def _add_config_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
   """The flags of `train` and `info` (which accepts the training ones, as it always has)."""
   p.add_argument("--config", required=required, help="a config file (configs/*.py)")
-  p.add_argument("--workdir", default=None,
+  p.add_argument("--workdir", default=None, type=_local_path,
                  help="train: the run directory (checkpoints, metrics, results)")
   p.add_argument("--coordinator_address", "--coordinator-address", default=None,
                  help="train: host:port of process 0, to run as one of several processes "
@@ -56,8 +65,9 @@ def _add_config_flags(p: argparse.ArgumentParser, required: bool = True) -> None
 def _add_codec_file_flags(p: argparse.ArgumentParser, inputs: str, outputs: str) -> None:
   p.add_argument("input", help=f"{inputs}, or a folder of them (recursive: each file under it is "
                  "coded, the model loaded once)")
-  p.add_argument("output", help=f"{outputs}; with a folder as input, the folder to write them to, "
-                 "at the same relative paths")
+  p.add_argument("output", type=_local_path,
+                 help=f"{outputs}; with a folder as input, the folder to write them to, at the "
+                      "same relative paths")
   p.add_argument("--model", default=None, metavar="NAME|PATH",
                  help="a bundle directory written by hybridflow export, or the name of a model "
                       f"shipped with hybridflow-jax (default: {pretrained.DEFAULT}, the shipped "
@@ -73,7 +83,7 @@ def _add_data_flags(p: argparse.ArgumentParser, out_help: str, force_help: str) 
   p.add_argument("--data", action="append", required=True, metavar="NAME=SOURCE",
                  help="a data set: a folder of images, tfds:BUILDER/SPLIT[@DIR] or demo:SPLIT "
                       "(repeat for several)")
-  p.add_argument("--out", required=True, help=out_help)
+  p.add_argument("--out", required=True, type=_local_path, help=out_help)
   p.add_argument("--limit", type=int, default=None, help="at most this many images per data set")
   p.add_argument("--prior-images", "--prior_images", dest="prior_images", type=int, default=1000,
                  help="with --workdir: images for the codeword prior (default 1000)")
@@ -111,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = command("export", "write the inference bundle of a finished run (--workdir RUN --out "
               "MODEL_DIR)")
-  p.add_argument("--workdir", required=True, help="a finished training run")
-  p.add_argument("--out", required=True, help="the bundle directory to write")
+  p.add_argument("--workdir", required=True, type=_local_path, help="a finished training run")
+  p.add_argument("--out", required=True, type=_local_path, help="the bundle directory to write")
   p.add_argument("--data", default=None,
                  help="data spec to measure codeword counts on (default: the run's training data)")
   p.add_argument("--prior-images", "--prior_images", dest="prior_images", type=int, default=1000,
@@ -140,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
   p = command("ablate", "the paper's claims on held-out photos with real files: hybrid per "
               "schedule, codebook-only, y_hat zeroed, continuous-only, AVIF (--workdir RUN --data "
               "NAME=SOURCE --out DIR)")
-  p.add_argument("--workdir", required=True, help="a finished training run")
+  p.add_argument("--workdir", required=True, type=_local_path, help="a finished training run")
   p.add_argument("--baseline-workdir", "--baseline_workdir", dest="baseline_workdir", default=None,
+                 type=_local_path,
                  help="the run whose finished `baseline` stage is the continuous-only codec, "
                       "built as that run's config.json records it (default: --workdir)")
   _add_data_flags(p, "directory for ablation.json/.md/.png and panel.png",
@@ -157,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
   src.add_argument("--model", metavar="NAME|PATH",
                    help="a bundle directory written by hybridflow export, or the name of a model "
                         f"shipped with hybridflow-jax (e.g. {pretrained.DEFAULT})")
-  src.add_argument("--workdir", help="a finished training run (its bundle is built in memory)")
+  src.add_argument("--workdir", type=_local_path,
+                   help="a finished training run (its bundle is built in memory)")
   _add_data_flags(p, "results directory (one subdirectory per data set)",
                   "replace existing results of a data set")
   points = ",".join(schedules.OPERATING_POINTS)
@@ -165,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help=f"operating points, comma-separated (default {points})")
   p.add_argument("--baselines", default=None,
                  help="comma-separated subset of jpeg,webp,avif, or 'none' (default: all available)")
-  p.add_argument("--references", default=None,
+  p.add_argument("--references", default=None, type=_local_path,
                  help="folder of published curves, <dataset>/*.json (default: the curves "
                       "installed with hybridflow-jax, for kodak and clic2020)")
   p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -183,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="stage(s) to plan (repeatable; default: every stage the config trains)")
   p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=None,
                  help="global batch (default: the config's)")
-  p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+  p.add_argument("--json", default=None, type=_local_path,
+                 help="also write the figures to this JSON file")
 
   p = command("prepare-data", "image folders, imagenet2012 or open_images_v4 -> TFDS "
               "array_record for grain")

@@ -8,6 +8,7 @@ stderr and exits with `EXIT_USER_ERROR`. Imports nothing, so any module can use 
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 
 # The exit status of a user error (argparse's own, for a bad command line, is the same).
@@ -26,6 +27,20 @@ def reported_as_user_errors(*types: type[BaseException], prefix: str = ""):
   except types as e:
     lines = str(e).strip().splitlines()
     raise UserError(prefix + (lines[0] if lines else type(e).__name__)) from None
+
+
+# scheme://...: gs://, s3://, file://, http://, ... (a Windows drive letter has no "//").
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def check_local_path(path, what: str = "") -> None:
+  """UserError if `path` is a URL. Runs, bundles and results are read and written with local file
+  operations (pathlib, orbax on a local path), so `gs://B/run` would become a local folder named
+  `gs:` on each machine, each process writing its own. `what` prefixes the message."""
+  if _URL.match(str(path)):
+    raise UserError(f"{what}{path}: a URL; hybridflow reads and writes local paths only (on "
+                    "several machines: a directory every process sees at the same path, e.g. a "
+                    "shared file system or the bucket mounted with Cloud Storage FUSE)")
 
 
 def fail(prog: str, message: str):

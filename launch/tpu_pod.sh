@@ -3,8 +3,12 @@
 #
 #   launch/tpu_pod.sh setup TPU_NAME ZONE            # once per pod: clone or update, install
 #   launch/tpu_pod.sh train TPU_NAME ZONE --config configs/imagenet256.py \
-#       --workdir gs://BUCKET/hybridflow/imagenet256 [--config.FIELD=VALUE ...]
+#       --workdir /mnt/shared/hybridflow/imagenet256 [--config.FIELD=VALUE ...]
 #   launch/tpu_pod.sh stop TPU_NAME ZONE             # SIGTERM: every worker checkpoints and exits
+#
+# The work directory is a local path that every worker sees with the same contents: a Filestore
+# (NFS) share, or a bucket mounted at the same path on every worker with Cloud Storage FUSE; this
+# script mounts nothing. hybridflow refuses gs:// URLs (it writes with local file operations).
 #
 # `train` is safe to rerun after a preemption or `stop`: each stage resumes from its last
 # checkpoint. jax.distributed finds the other workers by itself on Cloud TPU (HYBRIDFLOW_DISTRIBUTED

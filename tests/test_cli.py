@@ -111,6 +111,17 @@ def test_info_of_a_file_reads_its_header_without_jax(tmp_path):
     (("compress", "README.md", "no-such-folder/x.hfc"),
      "no-such-folder: no such directory (create it first)"),
     (("decompress", "never-there.hfc", "never-written.png"), "never-there.hfc: no such file"),
+    # URLs would be local folders named "gs:" (one per machine of a pod): refused, flag by flag.
+    (("train", "--config", "configs/tiny.py", "--workdir", "gs://bucket/run"),
+     "argument --workdir: gs://bucket/run: a URL; hybridflow reads and writes local paths only"),
+    (("export", "--workdir", "runs/x", "--out", "s3://bucket/model"), "argument --out: s3://"),
+    (("eval", "--workdir", "gs://b/run", "--data", "a=demo", "--out", "o"),
+     "argument --workdir: gs://b/run: a URL"),
+    (("ablate", "--workdir", "w", "--baseline-workdir", "gs://b/base", "--data", "a=demo",
+      "--out", "o"), "--baseline_workdir: gs://b/base: a URL"),
+    (("compress", "README.md", "gs://b/x.hfc"), "argument output: gs://b/x.hfc: a URL"),
+    (("plan", "--config", "configs/tiny.py", "--devices", "1", "--json", "file:///tmp/p.json"),
+     "argument --json: file:///tmp/p.json: a URL"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, message, capsys, monkeypatch):
   # In this process (`cli.main`, what the `hybridflow` script runs; a process each took about 2 s
@@ -162,6 +173,18 @@ def test_bad_inputs_are_refused_before_jax_loads(args, message, tmp_path):
   *error, jax_line = r.stderr.strip().splitlines()
   _assert_one_line_error(args, r.returncode, "\n".join(error), message)
   assert jax_line == "no jax", r.stderr
+  assert not any(tmp_path.iterdir())
+
+
+def test_a_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+  # `train --workdir gs://B/run` used to make ./gs:/B/run/config.json and fail in orbax with a
+  # tensorstore path error; the trainer's own entry point refuses it too (not only the CLI).
+  from hybridflow_jax import config_io
+  from hybridflow_jax.errors import UserError
+  from hybridflow_jax.train import trainer
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(UserError, match=r"^run directory gs://bucket/run: a URL; "):
+    trainer.train(config_io.load_config(TINY), "gs://bucket/run")
   assert not any(tmp_path.iterdir())
 
 

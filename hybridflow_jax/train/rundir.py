@@ -25,7 +25,7 @@ import pathlib
 import ml_collections
 
 from hybridflow_jax import config as config_lib
-from hybridflow_jax.errors import UserError
+from hybridflow_jax.errors import UserError, check_local_path
 
 
 class StageDir:
@@ -60,6 +60,7 @@ class RunDir:
   """WORKDIR/ (see the module docstring)."""
 
   def __init__(self, root):
+    check_local_path(root, "run directory ")
     self.root = pathlib.Path(root)
     self.config_file = self.root / "config.json"
     self.results = self.root / "results.json"
