@@ -59,7 +59,10 @@ case "$ACTION" in
     on_all_workers "cd $DIR && HYBRIDFLOW_DISTRIBUTED=auto .venv/bin/hybridflow train$args 2>&1 | tee -a train.log"
     ;;
   stop)
-    on_all_workers "pkill -TERM -f 'hybridflow train' || true"
+    # Only the trainer's Python processes ("/.../python .venv/bin/hybridflow train ..."): a bare
+    # 'hybridflow train' pattern also matched the shell that runs this pkill (its command line
+    # holds the pattern; it died with status 143) and the shell running `train`'s pipeline.
+    on_all_workers "pkill -TERM -f '^[^ ]*python[0-9.]* [^ ]*hybridflow train( |\$)' || true"
     ;;
   *)
     usage
