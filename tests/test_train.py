@@ -366,6 +366,24 @@ def test_local_launcher_stops_every_process_when_one_fails(compile_cache, tmp_pa
   assert r.returncode == 2 and "usage" in r.stderr
 
 
+def test_tpu_pod_stop_signals_the_trainers_and_not_the_shells_around_them():
+  """`launch/tpu_pod.sh stop` runs `pkill -f PATTERN` on every worker (no pod here: its pattern is
+  checked against the command lines that are there when it runs). A bare 'hybridflow train' also
+  matched the shell running the pkill, which then died with status 143, and the shell of `train`'s
+  pipeline; signalled by hand with a real trainer, the old pattern gave 143 for both, this one 0."""
+  import re
+  script = (ROOT / "launch" / "tpu_pod.sh").read_text()
+  pattern = re.search(r"pkill -TERM -f '([^']+)'", script).group(1).replace("\\$", "$")
+  matches = lambda cmdline: re.search(pattern, cmdline) is not None  # noqa: E731
+  assert matches("/home/u/hybridflow-jax/.venv/bin/python .venv/bin/hybridflow train --config c")
+  assert matches("/usr/bin/python3.11 /opt/hf/.venv/bin/hybridflow train")
+  assert not matches(f"bash -c pkill -TERM -f '{pattern}' || true")
+  assert not matches("bash -c cd ~/hybridflow-jax && HYBRIDFLOW_DISTRIBUTED=auto "
+                     ".venv/bin/hybridflow train --config c 2>&1 | tee -a train.log")
+  assert not matches("tee -a train.log")
+  assert not matches("/x/.venv/bin/python .venv/bin/hybridflow trainer-notes")
+
+
 @pytest.mark.parametrize("gan_start, lpips_weight, on", [(4, 1.0, True), (8, 0.0, False)])
 def test_gan_and_lpips_terms_compile_only_when_they_apply(gan_start, lpips_weight, on):
   """A bridge stage of 8 steps with gan_start 8 never applies its GAN: its step has no GAN terms
