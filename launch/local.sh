@@ -6,7 +6,9 @@
 #
 # Every argument after N goes to `hybridflow train`. Output lines are prefixed [p0], [p1], ...
 # Ctrl-C or SIGTERM to this script reaches every process: each checkpoints and exits 0, and running
-# the same command again resumes. If one process fails, the others are stopped.
+# the same command again resumes; the script returns when they have. (The prefixing seds ignore
+# Ctrl-C, which a terminal sends them too: the processes' last lines still show.) If one process
+# fails, the others are stopped.
 #
 # Environment:
 #   PORT                  coordinator port on 127.0.0.1 (default: a free one)
@@ -39,7 +41,8 @@ trap 'stop' TERM INT
 for ((i = 0; i < N; i++)); do
   "$PYTHON" -m hybridflow_jax.cli train "$@" \
       --coordinator_address="127.0.0.1:${PORT}" --num_processes="$N" --process_id="$i" \
-      > >(sed -u "s/^/[p$i] /") 2> >(sed -u "s/^/[p$i] /" >&2) &
+      > >(trap '' INT HUP; exec sed -u "s/^/[p$i] /") \
+      2> >(trap '' INT HUP; exec sed -u "s/^/[p$i] /" >&2) &
   pids+=($!)
 done
 
@@ -61,6 +64,6 @@ while :; do
     fi
   done
   ((alive)) || break
-  sleep 1
+  sleep 1 || :  # Ctrl-C in a terminal kills the sleep too; the processes are still stopping
 done
 exit "$status"

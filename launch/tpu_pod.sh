@@ -4,7 +4,13 @@
 #   launch/tpu_pod.sh setup TPU_NAME ZONE            # once per pod: clone or update, install
 #   launch/tpu_pod.sh train TPU_NAME ZONE --config configs/imagenet256.py \
 #       --workdir /mnt/shared/hybridflow/imagenet256 [--config.FIELD=VALUE ...]
+#   launch/tpu_pod.sh logs TPU_NAME ZONE             # follow worker 0's log (Ctrl-C stops following)
+#   launch/tpu_pod.sh status TPU_NAME ZONE           # is a trainer running on each worker?
 #   launch/tpu_pod.sh stop TPU_NAME ZONE             # SIGTERM: every worker checkpoints and exits
+#
+# `train` starts the trainers detached (each in its own session, output appended to train.log in
+# the checkout) and returns: a dropped ssh connection or a closed laptop leaves them training. It
+# refuses a worker where this checkout's trainer already runs (two would write one work directory).
 #
 # The work directory is a local path that every worker sees with the same contents: a Filestore
 # (NFS) share, or a bucket mounted at the same path on every worker with Cloud Storage FUSE; this
@@ -20,10 +26,11 @@
 #   REF       branch, tag or commit to check out (default: this checkout's HEAD commit)
 #   DIR       checkout directory on the workers (default: ~/hybridflow-jax)
 #   JAX_SPEC  the jax install for TPUs (default: "jax[tpu]", resolved against the pinned range)
+#   WORKER    the worker `logs` follows (default 0, the one that logs for the run)
 set -euo pipefail
 
 usage() {
-  echo "usage: launch/tpu_pod.sh setup|train|stop TPU_NAME ZONE [hybridflow train flags...]" >&2
+  echo "usage: launch/tpu_pod.sh setup|train|logs|status|stop TPU_NAME ZONE [hybridflow train flags...]" >&2
   exit 2
 }
 [[ $# -ge 3 ]] || usage
@@ -37,10 +44,18 @@ JAX_SPEC="${JAX_SPEC:-jax[tpu]}"
 PROJECT_FLAG=()
 [[ -n "${PROJECT:-}" ]] && PROJECT_FLAG=(--project "$PROJECT")
 
-on_all_workers() {
-  gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" "${PROJECT_FLAG[@]}" --worker=all \
-      --command "$1"
+on_workers() {  # on_workers WORKERS COMMAND
+  gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" "${PROJECT_FLAG[@]}" --worker="$1" \
+      --command "$2"
 }
+on_all_workers() { on_workers all "$1"; }
+
+# Run first on a worker: into the checkout, and the pattern of its trainers' command lines
+# ("/.../python $DIR/.venv/bin/hybridflow train ...", as `train` starts them) for pgrep and pkill.
+# It matches neither the shells that run these commands (their command lines hold the pattern:
+# a bare "hybridflow train" made `stop`'s pkill kill its own shell, status 143) nor another
+# checkout's trainers.
+IN_CHECKOUT="cd $DIR || exit 1; trainer=\"^[^ ]*python[0-9.]* \$PWD/.venv/bin/hybridflow train( |\\\$)\""
 
 case "$ACTION" in
   setup)
@@ -55,14 +70,34 @@ case "$ACTION" in
   train)
     [[ $# -gt 0 ]] || usage
     args=$(printf " %q" "$@")
-    # One log per worker beside the checkout; the command's own output streams back through ssh.
-    on_all_workers "cd $DIR && HYBRIDFLOW_DISTRIBUTED=auto .venv/bin/hybridflow train$args 2>&1 | tee -a train.log"
+    on_all_workers "$IN_CHECKOUT
+      if pgrep -f \"\$trainer\" > /dev/null; then
+        echo \"\$(hostname): a trainer is already running here (launch/tpu_pod.sh stop first)\" >&2
+        exit 1
+      fi
+      HYBRIDFLOW_DISTRIBUTED=auto setsid \"\$PWD/.venv/bin/hybridflow\" train$args \\
+          >> train.log 2>&1 < /dev/null &
+      echo \"\$(hostname): training (pid \$!), log \$PWD/train.log\""
+    echo "follow it: launch/tpu_pod.sh logs $TPU $ZONE; stop it: launch/tpu_pod.sh stop $TPU $ZONE"
+    ;;
+  logs)
+    on_workers "${WORKER:-0}" "$IN_CHECKOUT; tail -n 40 -F train.log"
+    ;;
+  status)
+    on_all_workers "$IN_CHECKOUT
+      if found=\$(pgrep -af \"\$trainer\"); then echo \"\$found\" | sed \"s/^/\$(hostname): /\"
+      else echo \"\$(hostname): no trainer running\"; fi"
     ;;
   stop)
-    # Only the trainer's Python processes ("/.../python .venv/bin/hybridflow train ..."): a bare
-    # 'hybridflow train' pattern also matched the shell that runs this pkill (its command line
-    # holds the pattern; it died with status 143) and the shell running `train`'s pipeline.
-    on_all_workers "pkill -TERM -f '^[^ ]*python[0-9.]* [^ ]*hybridflow train( |\$)' || true"
+    # Returns once every worker's trainer has written its checkpoint and exited (at most 10 min).
+    on_all_workers "$IN_CHECKOUT
+      if ! pkill -TERM -f \"\$trainer\"; then echo \"\$(hostname): no trainer running\"; exit 0; fi
+      for _ in \$(seq 600); do pgrep -f \"\$trainer\" > /dev/null || break; sleep 1; done
+      if pgrep -f \"\$trainer\" > /dev/null; then
+        echo \"\$(hostname): the trainer is still running 600 s after SIGTERM (see train.log)\" >&2
+        exit 1
+      fi
+      echo \"\$(hostname): stopped\""
     ;;
   *)
     usage

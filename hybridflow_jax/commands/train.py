@@ -1,7 +1,8 @@
 """`hybridflow train --config C --workdir W [--config.FIELD=VALUE ...]`: a stage, or the pipeline.
 
-Resumes by itself; on SIGTERM (preemption) checkpoints and exits 0. With several processes
-(`--coordinator_address`, or a cluster JAX detects) each process runs this same command.
+Resumes by itself; on SIGTERM (preemption), Ctrl-C or a hang-up checkpoints and exits 0. With
+several processes (`--coordinator_address`, or a cluster JAX detects) each process runs this same
+command.
 """
 
 from __future__ import annotations

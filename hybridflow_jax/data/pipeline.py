@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import os
 import pathlib
+import signal
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -399,6 +400,29 @@ def _ensure_absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
+def _worker_ignores_interrupts(worker_index: int, worker_count: int) -> None:
+  """grain worker start-up: Ctrl-C (SIGINT) and a hang-up (SIGHUP) reach every process of the
+  terminal's process group. Each worker would die of them with a traceback, failing the next batch
+  before the trainer could checkpoint; the trainer stops its workers itself when it has."""
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _start_resource_tracker() -> None:
+  """Starts multiprocessing's resource tracker (the process that frees the workers' shared memory)
+  ignoring hang-ups, as it ignores SIGINT and SIGTERM itself: started by grain, a hang-up killed it
+  and every later release of shared memory printed a traceback."""
+  if threading.current_thread() is not threading.main_thread():
+    return  # signal dispositions can only be changed from the main thread
+  from multiprocessing import resource_tracker
+  previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited by the process it starts
+  try:
+    resource_tracker.ensure_running()
+  finally:
+    signal.signal(signal.SIGHUP, previous)
+
+
 def train_iterator(spec: str, *, crop: int, batch_size: int, seed: int, process_index: int = 0,
                    process_count: int = 1, workers: int = 0, prefetch: int = 2,
                    cache_mb: int = 0) -> grain.DatasetIterator:
@@ -451,9 +475,11 @@ def train_iterator(spec: str, *, crop: int, batch_size: int, seed: int, process_
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffer))
   if workers > 0:
     _ensure_absl_flags_parsed()
+    _start_resource_tracker()
     # Each worker decodes every workers-th element and grain interleaves them back in order.
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=workers, per_worker_buffer_size=max(1, prefetch * batch_size // workers)))
+        num_workers=workers, per_worker_buffer_size=max(1, prefetch * batch_size // workers)),
+        worker_init_fn=_worker_ignores_interrupts)
   options = _BatchOptions(batch_size=batch_size, spec=spec,
                           max_consecutive_skips=100 + min(10 * len(source), 10_000))
   it_ds = SkipAndBatchIterDataset(it_ds, options)

@@ -13,9 +13,12 @@ taken from it (fine-tuning). A stage with WORKDIR/STAGE/DONE is finished and ski
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pathlib
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -47,28 +50,63 @@ class Preempted(Exception):
   """Raised after the preemption checkpoint is written; the CLI exits 0."""
 
 
-class _SigtermFlag:
-  """Set by SIGTERM (how pods and SLURM announce preemption); checked once per step (`exchange`)."""
+class _StopRequest:
+  """Set by the signals that ask a run to stop, checked once per step (`exchange`): the run
+  checkpoints the step it has reached and exits 0, and the same command resumes it.
+
+    SIGTERM  preemption, as pods and SLURM announce it (and `launch/tpu_pod.sh stop`)
+    SIGINT   Ctrl-C; a second Ctrl-C stops at once (KeyboardInterrupt), keeping the last checkpoint
+    SIGHUP   the terminal or ssh session the run was started from is gone; what the run printed to
+             it goes nowhere from then on (writes to a hung-up terminal fail)
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
   def __init__(self):
-    self.raised = False
-    self._previous = None
+    self.received: set[int] = set()
+    self._interrupts = 0
+    self._previous: dict[int, Any] = {}
+
+  @property
+  def raised(self) -> bool:
+    return bool(self.received)
 
   def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
     return self
 
-  def _handle(self, *_):
-    self.raised = True
+  def _handle(self, signum, _frame):
+    if signum == signal.SIGHUP:
+      _detach_from_terminal()
+    if signum == signal.SIGINT:
+      self._interrupts += 1
+      if self._interrupts > 1:
+        raise KeyboardInterrupt
+      if jax.process_index() == 0:
+        # A raw write: the handler may run while print() holds stdout's buffer. Whatever showed
+        # stderr may be gone with the same Ctrl-C (a pipeline's other end): then no message.
+        with contextlib.suppress(OSError):
+          os.write(2, b"\n[train] Ctrl-C: stopping after this step with a checkpoint (Ctrl-C "
+                      b"again stops at once, losing the steps since the last checkpoint)\n")
+    self.received.add(signum)
 
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
+
+  def reason(self) -> str:
+    """How the stop is logged: "preempted" for SIGTERM alone, as schedulers and our docs call it.
+    (Ctrl-C under `launch/local.sh` brings SIGINT from the terminal and SIGTERM from the script.)"""
+    for signum in (signal.SIGINT, signal.SIGHUP):
+      if signum in self.received:
+        return f"stopped ({signal.Signals(signum).name})"
+    return "preempted" if self.received else "stopped (another process was signalled)"
 
   def exchange(self, skipped: np.ndarray) -> tuple[bool, np.ndarray]:
-    """(whether any process was sent SIGTERM, the unreadable records every process met this step):
-    one exchange between processes per step. Every process must stop at the same step to write one
-    consistent checkpoint, and each reads its own shard of the data, so the run's record of skipped
-    images (written by process 0) needs the others' too."""
+    """(whether any process was asked to stop, the unreadable records every process met this
+    step): one exchange between processes per step. Every process must stop at the same step to
+    write one consistent checkpoint, and each reads its own shard of the data, so the run's record
+    of skipped images (written by process 0) needs the others' too."""
     skipped = np.asarray(skipped, np.int32).reshape(-1)
     if jax.process_count() == 1:
       return self.raised, skipped
@@ -77,9 +115,33 @@ class _SigtermFlag:
     return bool(gathered[:, 0].any()), gathered[:, 1:].reshape(-1)
 
 
+def _detach_from_terminal() -> None:
+  """Points stdout and stderr at /dev/null where they are a terminal: after a hang-up, writes to
+  it fail (EIO) and would end the run before its checkpoint. Files and pipes are left as they are."""
+  null = None
+  for fd in (1, 2):
+    try:
+      if os.isatty(fd):
+        null = os.open(os.devnull, os.O_WRONLY) if null is None else null
+        os.dup2(null, fd)
+    except OSError:
+      pass
+  if null is not None:
+    os.close(null)
+
+
 def _log(msg: str) -> None:
   if jax.process_index() == 0:
-    print(msg, flush=True)
+    try:
+      print(msg, flush=True)
+    except OSError:
+      # Whatever showed the output is gone: a hung-up terminal (EIO; the write can fail before the
+      # SIGHUP handler runs) or the reader of a pipe (`| tee`). Train on quietly, as after SIGHUP:
+      # the work directory holds the metrics and checkpoints.
+      _detach_from_terminal()
+      null = os.open(os.devnull, os.O_WRONLY)
+      os.dup2(null, sys.stdout.fileno())
+      os.close(null)
 
 
 def _load_earlier_stages(run: Run, stage: str, params, abstract) -> Any:
@@ -216,9 +278,9 @@ def _mesh_line(run: Run) -> str:
           f"batch {batch_size}, {batch_size // run.data_parallel} a data-parallel replica")
 
 
-def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
+def train_stage(run: Run, stage: str, stop: _StopRequest) -> dict:
   """Trains one stage to `cfg.train.steps[stage]` steps (resuming if possible); returns the last
-  evaluation. Raises Preempted after checkpointing on SIGTERM."""
+  evaluation. Raises Preempted after checkpointing when asked to stop (`_StopRequest`)."""
   cfg, mesh, model = run.cfg, run.mesh, run.model
   record, folder = stages.STAGES[stage], run.rundir.stage(stage)
   total_steps = int(cfg.train.steps[stage])
@@ -286,7 +348,7 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
     step += 1
     if line := profiler.after(step, state):
       _log(line)
-    preempted, skipped = sigterm.exchange(batch["skipped"])
+    preempted, skipped = stop.exchange(batch["skipped"])
     if new := {int(i) for i in skipped if i >= 0} - bad_records:
       bad_records |= new
       ckpt_lib.write_json(bad_file, sorted(bad_records))
@@ -311,8 +373,8 @@ def train_stage(run: Run, stage: str, sigterm: _SigtermFlag) -> dict:
       checkpoints.save(step, state, data_iter, cfg, force=True)
       checkpoints.wait()
       writer.flush()
-      _log(f"[{stage}] preempted: checkpoint written at step {step}; rerun the same command to "
-           "continue")
+      _log(f"[{stage}] {stop.reason()}: checkpoint written at step {step}; rerun the same command "
+           "to continue")
       raise Preempted()
 
   # --- Finish ------------------------------------------------------------------------------------
@@ -425,13 +487,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   run = Run(cfg, rundir.root)
   log(info.overview(cfg) + "\n")
   log(_mesh_line(run))
-  with _SigtermFlag() as sigterm:
+  with _StopRequest() as stop:
     for stage in stages.stage_list(cfg):
       if rundir.stage(stage).is_done():
         log(f"[{stage}] already finished, skipping")
         results[stage] = rundir.stage(stage).final_eval()
         continue
-      results[stage] = train_stage(run, stage, sigterm)
+      # Asked to stop while the stage before was evaluated: not after this one's compilation.
+      if stop.exchange(np.zeros(0, np.int32))[0]:
+        log(f"[{stage}] {stop.reason()} before it started; rerun the same command to continue")
+        raise Preempted()
+      results[stage] = train_stage(run, stage, stop)
   # The final table is the codec's: its last stage (a comparator such as `baseline` reports its
   # own table when it finishes).
   final = (stages.codec_stages(cfg) or stages.stage_list(cfg))[-1]
