@@ -70,14 +70,27 @@ case "$ACTION" in
   train)
     [[ $# -gt 0 ]] || usage
     args=$(printf " %q" "$@")
+    # setsid --fork: a new session whatever the shell's process groups; the shell in between
+    # records the trainer's pid and becomes it. A trainer that ends within 5 s (a bad flag, a
+    # missing file) fails the launch with its log's last lines.
     on_all_workers "$IN_CHECKOUT
       if pgrep -f \"\$trainer\" > /dev/null; then
         echo \"\$(hostname): a trainer is already running here (launch/tpu_pod.sh stop first)\" >&2
         exit 1
       fi
-      HYBRIDFLOW_DISTRIBUTED=auto setsid \"\$PWD/.venv/bin/hybridflow\" train$args \\
-          >> train.log 2>&1 < /dev/null &
-      echo \"\$(hostname): training (pid \$!), log \$PWD/train.log\""
+      rm -f train.pid
+      HYBRIDFLOW_DISTRIBUTED=auto setsid --fork bash -c 'echo \$\$ > train.pid; exec \"\$@\"' - \\
+          \"\$PWD/.venv/bin/hybridflow\" train$args >> train.log 2>&1 < /dev/null
+      for _ in \$(seq 100); do [ -s train.pid ] && break; sleep 0.1; done
+      pid=\$(cat train.pid)
+      for _ in \$(seq 10); do
+        case \$(ps -o stat= -p \"\$pid\" 2>/dev/null) in
+          ''|Z*) echo \"\$(hostname): the trainer ended at once; the end of \$PWD/train.log:\" >&2
+                 tail -n 5 train.log >&2; exit 1 ;;
+        esac
+        sleep 0.5
+      done
+      echo \"\$(hostname): training (pid \$pid), log \$PWD/train.log\""
     echo "follow it: launch/tpu_pod.sh logs $TPU $ZONE; stop it: launch/tpu_pod.sh stop $TPU $ZONE"
     ;;
   logs)

@@ -262,6 +262,48 @@ def test_worker_processes_give_the_same_batches(bad_folder, workers):
     it.close()
 
 
+# Runs in a fresh process (its multiprocessing resource tracker not yet started): a training
+# iterator with grain workers; prints each child process's kind and ignored-signal mask.
+SIGNALS_SCRIPT = r"""
+import json, os, pathlib, sys
+from hybridflow_jax.data import pipeline as pl
+it = pl.train_iterator(sys.argv[1], crop=32, batch_size=2, seed=0, workers=1)
+next(it)
+children = {}
+for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+  try:
+    if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != os.getpid():
+      continue
+    cmdline = (stat.parent / "cmdline").read_bytes().decode(errors="replace")
+    status = (stat.parent / "status").read_text()
+  except (FileNotFoundError, ProcessLookupError):
+    continue
+  kind = "worker" if "spawn_main" in cmdline else "tracker" if "resource_tracker" in cmdline else ""
+  mask = int(next(l.split()[1] for l in status.splitlines() if l.startswith("SigIgn:")), 16)
+  children.setdefault(kind, []).append(mask)
+it.close()
+print(json.dumps(children))
+"""
+
+
+def test_worker_processes_and_the_resource_tracker_ignore_ctrl_c_and_hang_ups(bad_folder):
+  """A terminal's Ctrl-C (SIGINT) and hang-up (SIGHUP) reach every process of its group: grain's
+  workers, dying of them, failed the trainer's next batch before it could checkpoint, and the
+  resource tracker (which ignores SIGINT itself), dying of SIGHUP, printed a traceback for every
+  shared buffer released after it. The trainer stops its workers itself."""
+  import signal
+  import subprocess
+  import sys
+  r = subprocess.run([sys.executable, "-c", SIGNALS_SCRIPT, str(bad_folder)], capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  children = json.loads(r.stdout.strip().splitlines()[-1])
+  assert len(children.get("worker", [])) == 1 and len(children.get("tracker", [])) == 1, children
+  hup, intr = 1 << (signal.SIGHUP - 1), 1 << (signal.SIGINT - 1)
+  assert children["worker"][0] & hup and children["worker"][0] & intr, children
+  assert children["tracker"][0] & hup and children["tracker"][0] & intr, children
+
+
 def test_tfds_array_record_source_without_tensorflow(tmp_path, photo):
   import tensorflow_datasets as tfds
 

@@ -260,32 +260,34 @@ class _Terminal:
     os.close(self.master)  # what sshd does when the connection drops
 
 
-def test_ctrl_c_and_a_hang_up_checkpoint_and_exit_0(compile_cache, one_stage, tmp_path):
-  """Ctrl-C in the terminal running `hybridflow train` (with grain workers, which get the SIGINT
-  too) checkpoints the step it reached and exits 0 without a traceback; the same command resumes,
-  and closing its terminal (SIGHUP: a dropped ssh connection) checkpoints again. Before, Ctrl-C
-  killed the workers, the next batch failed (status 1, the steps since the last checkpoint lost),
-  and a hang-up also killed multiprocessing's resource tracker (a traceback per shared buffer)."""
+def test_a_hang_up_checkpoints_and_exits_0_and_a_second_train_is_refused(compile_cache,
+                                                                          one_stage, tmp_path):
+  """Closing the terminal that runs `hybridflow train` (SIGHUP to every process of its group: a
+  dropped ssh connection) checkpoints the step it reached and exits 0; its grain workers and
+  multiprocessing's resource tracker get the hang-up too. Before, the workers died of it, the next
+  batch failed (status 1, the steps since the last checkpoint lost), and the tracker died too (a
+  traceback per shared buffer). A Ctrl-C typed into a terminal is the launcher test's. Meanwhile a
+  second `train` in its directory is refused in one line, naming it."""
   over = (*one_stage, "train.steps.continuous=100000", "train.checkpoint_every=100000",
           "data.workers=1")
   cmd = _cmd(tmp_path, *over)
   term = _Terminal(cmd, _env(compile_cache))
-  term.read_until("[continuous] step 1/")
-  os.write(term.master, b"\x03")  # Ctrl-C, as typed
-  term.read_until("checkpoint written at step")
-  assert term.finish() == 0, term.out[-3000:]
-  assert "Ctrl-C: stopping after this step" in term.out and "stopped (SIGINT)" in term.out
-  assert "Traceback" not in term.out and "leaked" not in term.out, term.out[-3000:]
+  try:
+    term.read_until("[continuous] step 1/")
+    again = subprocess.run(cmd, env=_env(compile_cache), capture_output=True, text=True,
+                           timeout=300, cwd=ROOT)
+    assert again.returncode != 0 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+    assert (f"is being trained by another `hybridflow train` (pid {term.proc.pid} on "
+            in again.stderr), again.stderr
+    term.read_until("[continuous] step 10/")
+    term.hang_up()
+    assert term.proc.wait(timeout=300) == 0
+  finally:
+    if term.proc.poll() is None:
+      term.proc.kill()
   ckpts = tmp_path / "continuous" / "checkpoints"
-  first = max(int(p.name) for p in ckpts.glob("*") if p.name.isdigit())
-  assert first > 1  # the step it reached, not only the start-of-run checkpoint
-
-  term = _Terminal(cmd, _env(compile_cache))
-  term.read_until(f"resumed from step {first}")
-  term.read_until("[continuous] step")
-  term.hang_up()
-  assert term.proc.wait(timeout=300) == 0
-  assert max(int(p.name) for p in ckpts.glob("*") if p.name.isdigit()) > first
+  # The step it reached, not only the start-of-run checkpoint; not finished.
+  assert max(int(p.name) for p in ckpts.glob("*") if p.name.isdigit()) >= 10
   assert not (tmp_path / "continuous" / "DONE").exists()
 
 
@@ -498,9 +500,10 @@ def _running(pid):
 
 def test_tpu_pod_train_survives_the_ssh_session_and_stop_checkpoints(compile_cache, one_stage,
                                                                      tmp_path):
-  """launch/tpu_pod.sh on a one-worker pod of this machine (FAKE_GCLOUD): `train` returns at once
-  and leaves the trainer in a session of its own, training on after the terminal it was launched
-  from hangs up (a dropped ssh connection; before, it ran in the ssh session and died with it);
+  """launch/tpu_pod.sh on a one-worker pod of this machine (FAKE_GCLOUD): `train` fails if the
+  trainer ends at once, else returns and leaves the trainer in a session of its own, training on
+  after the terminal it was launched from hangs up (a dropped ssh connection; before, it ran in
+  the ssh session and died with it);
   a second `train` is refused while it runs; `status` shows it; `stop` signals only the trainer
   (not its own shell: a bare 'hybridflow train' pattern made it exit 143) and returns once the
   trainer has checkpointed and exited; `logs` shows its log."""
@@ -520,6 +523,12 @@ def test_tpu_pod_train_survives_the_ssh_session_and_stop_checkpoints(compile_cac
   def run_pod(*args):
     return subprocess.run([*pod, *args, "pod", "zone"], env=env, capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
+
+  # A trainer that fails at once fails the launch, with the end of its log.
+  bad = subprocess.run([*pod, "train", "pod", "zone", "--config", "nowhere.py", "--workdir",
+                        str(run)], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert bad.returncode == 1 and "the trainer ended at once" in bad.stderr, bad
+  assert "nowhere.py" in bad.stderr.splitlines()[-1], bad.stderr
 
   term = _Terminal(train_cmd, env)
   pid = None

@@ -3,6 +3,7 @@
 
     WORKDIR/
       config.json               the run's config, written by the first `train` in this directory
+      train.lock                locked (flock) while a `train` runs here; says which process
       results.json              the held-out table of the last stage that ran
       STAGE/                    one folder per stage (vq, continuous, ...)
         frozen/                 the params the stage does not train, written when it starts
@@ -19,10 +20,15 @@ Plain file operations only: which process writes is the caller's decision.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import pathlib
+import socket
+import time
 
 import ml_collections
+from absl import logging
 
 from hybridflow_jax import config as config_lib
 from hybridflow_jax.errors import UserError, check_local_path
@@ -56,6 +62,42 @@ class StageDir:
     return json.loads(self.summary.read_text()).get("eval", {}) if self.summary.exists() else {}
 
 
+class TrainingLock:
+  """WORKDIR/train.lock, locked with flock while a `train` runs in WORKDIR: a second one there
+  would write the same checkpoints. The kernel releases the lock when the process ends, however it
+  ends, so a killed run never blocks its rerun. NFS (v4) supports it; where the file system has no
+  locks (some FUSE mounts), a warning says so and nothing is locked."""
+
+  def __init__(self, path):
+    self.path = pathlib.Path(path)
+    self._fd: int | None = None
+
+  def acquire(self) -> str | None:
+    """None once held (or where nothing can be locked); else who holds it, as it wrote."""
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+      os.close(fd)
+      return holder or "another process"
+    except OSError as e:
+      os.close(fd)
+      logging.warning("%s: this file system has no file locks (%s); nothing stops a second "
+                      "`hybridflow train` in this directory", self.path, e.strerror)
+      return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n".encode(), 0)
+    self._fd = fd
+    return None
+
+  def release(self) -> None:
+    if self._fd is not None:
+      os.close(self._fd)  # closing the last descriptor releases the flock
+      self._fd = None
+
+
 class RunDir:
   """WORKDIR/ (see the module docstring)."""
 
@@ -67,6 +109,9 @@ class RunDir:
 
   def stage(self, name: str) -> StageDir:
     return StageDir(self.root / name)
+
+  def training_lock(self) -> TrainingLock:
+    return TrainingLock(self.root / "train.lock")
 
   def check_model(self, cfg: ml_collections.ConfigDict) -> None:
     """UserError (one line) if this run recorded another `model` config than `cfg`'s: its stages'

@@ -480,6 +480,28 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   rundir = RunDir(workdir)
   rundir.check_model(cfg)
   rundir.root.mkdir(parents=True, exist_ok=True)
+  # Process 0 holds the run directory's lock for the job (every process sees the same directory);
+  # all processes stop if it is taken.
+  lock = rundir.training_lock()
+  holder = lock.acquire() if jax.process_index() == 0 else None
+  if _on_any_process(holder is not None):
+    raise UserError(f"{rundir.root} is being trained by another `hybridflow train` "
+                    f"({holder or 'process 0 found its lock taken'}): stop that run first, or "
+                    "use another --workdir")
+  try:
+    return _train_locked(cfg, rundir, log)
+  finally:
+    lock.release()
+
+
+def _on_any_process(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.asarray(multihost_utils.process_allgather(np.asarray([flag], np.int32))).any())
+
+
+def _train_locked(cfg: ml_collections.ConfigDict, rundir: RunDir,
+                  log: Callable[[str], None]) -> dict:
   if jax.process_index() == 0:
     rundir.write_config(cfg)
   start = time.time()
