@@ -3,9 +3,12 @@
 All runs share one persistent compilation cache, so each distinct program compiles once per session.
 """
 
+import contextlib
 import json
 import os
 import pathlib
+import pty
+import select
 import shutil
 import signal
 import socket
@@ -229,7 +232,6 @@ class _Terminal:
   terminal or ssh session."""
 
   def __init__(self, cmd, env):
-    import pty
     self.master, slave = pty.openpty()
     self.proc = subprocess.Popen(["setsid", "-c", *cmd], env=env, stdin=slave, stdout=slave,
                                  stderr=slave, cwd=ROOT, close_fds=True)
@@ -237,7 +239,6 @@ class _Terminal:
     self.out = ""
 
   def read_until(self, text, timeout=300):
-    import select
     start = time.time()
     while text not in self.out:
       assert time.time() - start < timeout, self.out[-3000:]
@@ -250,7 +251,6 @@ class _Terminal:
   def finish(self, timeout=300):
     """Reads what is left and returns the exit status."""
     rc = self.proc.wait(timeout=timeout)
-    import contextlib
     with contextlib.suppress(OSError):
       while chunk := os.read(self.master, 65536):
         self.out += chunk.decode(errors="replace")
