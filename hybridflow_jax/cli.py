@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--references", default=None, type=_local_path,
                  help="folder of published curves, <dataset>/*.json (default: the curves "
                       "installed with hybridflow-jax, for kodak and clic2020)")
+  p.add_argument("--report-images", "--report_images", dest="report_images", type=int, default=3,
+                 help="images whose crops report.html shows, every codec side by side "
+                      "(default 3; 0: no report)")
   p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
   p = command("plan", "compile a config's update steps ahead of time for N devices: params, "

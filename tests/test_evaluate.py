@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import re
 import time
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 from hybridflow_jax import cli, image_metrics
 from hybridflow_jax.codec.api import Codec
 from hybridflow_jax.data import demo
-from hybridflow_jax.evaluation import baselines, plots, references
+from hybridflow_jax.evaluation import baselines, loop, plots, references, visual
 
 SCHEDULES = ("1_4", "dynamic")
 SHAPE = (176, 232)  # MS-SSIM needs sides over 160 px
@@ -130,6 +131,73 @@ def test_eval_writes_csv_and_plots(evaluated):
       assert im.format == "PNG" and im.size[0] > 300, name
 
 
+def test_eval_report_shows_crops_of_what_each_file_decodes_to(evaluated, bundle_dir, photo_dir):
+  out, _ = evaluated
+  page = (out / "report.html").read_text()
+  results = json.loads((out / "results.json").read_text())
+  rows = {(r["image"], r["codec"], r["operating_point"]): r for r in results["per_image"]}
+  # Every picture the page shows is in the results folder.
+  sources = set(re.findall(r'src="([^"]+)"', page))
+  assert sources and all((out / src).is_file() for src in sources), sources
+  sections = re.findall(r'<section data-image="([^"]+)" data-crop="(\d+),(\d+),(\d+),(\d+)"', page)
+  # --report-images defaults to 3: every image here, in the order evaluated.
+  assert [name for name, *_ in sections] == ["chelsea.png", "more/coffee.png", "rocket.png"]
+  codec = Codec.load(bundle_dir[0])
+  for name, *box in sections:
+    top, left, h, w = map(int, box)
+    cut = (slice(top, top + h), slice(left, left + w))
+    original = np.asarray(Image.open(photo_dir / name).convert("RGB"))
+    stem = loop.file_stem(name)
+    assert (out / visual.crop_path(stem, "original")).is_file()
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(out / visual.crop_path(stem, "original"))), original[cut])
+    for op in SCHEDULES:
+      # Ours: the crop of what the .hfc file decodes to, captioned with that file's figures.
+      r = rows[(name, "hybridflow", op)]
+      shown = np.asarray(Image.open(out / visual.crop_path(stem, "hybridflow", op)))
+      np.testing.assert_array_equal(shown, codec.decompress((out / r["file"]).read_bytes())[cut])
+      assert f"{r['bpp']:.4f} bpp &middot; {r['psnr-rgb']:.2f} dB" in page
+      # A baseline: the crop of its file at our rate, as measured.
+      for b in baselines.baselines(["jpeg", "webp"]):
+        r = rows[(name, b.name, op)]
+        decoded = baselines.decode_at(b, baselines.encode_at(b, original, r["quality"], r["scale"]),
+                                      original.shape)
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(out / visual.crop_path(stem, b.name, op))), decoded[cut])
+
+
+def test_the_report_crops_where_the_image_has_detail():
+  rng = np.random.default_rng(0)
+  flat = np.full((300, 400, 3), 120, np.uint8)
+  flat[140:200, 250:330] = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+  top, left, h, w = visual.crop_box(flat, size=96)
+  assert (h, w) == (96, 96) and top <= 140 and top + h >= 200 and left <= 250 and left + w >= 330
+  # An image smaller than the crop is shown whole; a flat one from its top-left corner.
+  assert visual.crop_box(flat[:50, :70], size=96) == (0, 0, 50, 70)
+  assert visual.crop_box(np.zeros((300, 400, 3), np.uint8), size=96) == (0, 0, 96, 96)
+
+
+def test_replacing_a_report_removes_its_crops_and_nothing_else(tmp_path):
+  ours = ("report.html", "report/a.original.png", "report/a.context.jpg",
+          "report/a.hybridflow.1_4.png", "report/a-2.avif.dynamic.png")
+  theirs = ("report/notes.txt", "report/mine.png", "report/a.original.png.bak")
+  (tmp_path / "report").mkdir()
+  for name in ours + theirs:
+    (tmp_path / name).write_bytes(b"x")
+  visual.clear(tmp_path)
+  assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "report").iterdir()) == \
+      sorted(theirs) and not (tmp_path / "report.html").exists()
+
+
+def test_images_whose_names_would_share_a_file_get_their_own():
+  taken = set()
+  stems = []
+  for name in ("a.png", "a.jpg", "x/b.png", "x_b.png", "c d.png"):
+    stems.append(loop.file_stem(name, taken))
+    taken.add(stems[-1])
+  assert stems == ["a", "a-2", "x_b", "x_b-2", "c_d"]
+
+
 def test_reference_curves_name_their_sources():
   for dataset in ("kodak", "clic2020"):
     curves = references.reference_curves(dataset)
@@ -172,6 +240,7 @@ def test_eval_of_a_training_run_uses_the_same_model_as_its_export(tiny_run, bund
     (("--data", "a=demo", "--baselines", "gif"), "unknown baseline"),
     (("--data", "a=demo", "--data", "a=demo:heldout"), "given twice"),
     (("--data", "a=demo", "--references", "/no/such/dir"), "not a directory"),
+    (("--data", "a=demo", "--report-images", "-1"), "--report-images must be 0"),
 ])
 def test_eval_user_errors_are_one_line(bundle_dir, tmp_path, args, message, capsys):
   # In this process (`cli.main`, what the `hybridflow` script runs): checked before the model loads.

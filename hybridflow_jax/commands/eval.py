@@ -4,8 +4,9 @@
     hybridflow eval --workdir runs/demo --data demo=demo:heldout --out /tmp/eval
 
 Every flag is checked, and every data source opened, before the model loads. Per data set, OUT/NAME/
-gets results.json, per_image.csv, summary.csv, rd_*.png, grid.png and files/*.hfc (see
-`hybridflow_jax.evaluation`); existing results are replaced only with --force.
+gets results.json, per_image.csv, summary.csv, rd_*.png, grid.png, report.html (with its crops in
+report/) and files/*.hfc (see `hybridflow_jax.evaluation`); existing results are replaced only with
+--force.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ def run(ns) -> None:
   # After the checks that need nothing else (a mistyped flag answers at once, not after ~3 s of
   # importing jax, the codec and the plotting).
   from hybridflow_jax.data import pipeline
-  from hybridflow_jax.evaluation import baselines, loop, plots, references, report
+  from hybridflow_jax.evaluation import baselines, loop, plots, references, report, visual
   chosen = None if ns.baselines is None else [
       b.strip() for b in ns.baselines.split(",") if b.strip() and b.strip() != "none"]
   baseline_codecs = baselines.baselines(chosen)
   if ns.limit is not None and ns.limit < 1:
     raise UserError("--limit must be at least 1")
+  if ns.report_images < 0:
+    raise UserError("--report-images must be 0 (no report) or more")
   out = pathlib.Path(ns.out)
   if out.exists() and not out.is_dir():
     raise UserError(f"--out {out} exists and is not a directory")
@@ -49,17 +52,20 @@ def run(ns) -> None:
   for name, spec in datasets.items():
     target = out / name
     _clear(target)
-    rows, samples = loop.evaluate(codec, name, spec, target, schedules=points,
-                                  baselines=baseline_codecs, limit=ns.limit, progress=ns.progress,
-                                  log=lambda m: print(m, file=sys.stderr))
+    rows, samples, crops = loop.evaluate(
+        codec, name, spec, target, schedules=points, baselines=baseline_codecs, limit=ns.limit,
+        report_images=ns.report_images, progress=ns.progress,
+        log=lambda m: print(m, file=sys.stderr))
     results = report.summarize(rows, codec=codec, name=name, spec=spec, schedules=points,
                                baselines=baseline_codecs)
     report.write(target, results, rows)
     plots.rate_distortion(results, references.reference_curves(name, curves_root), target)
     plots.grid(samples, rows, target / "grid.png")
+    if crops:
+      visual.write(target, crops, rows, results)
     print(report.table(results))
-    print(f"wrote {target}/ (results.json, per_image.csv, summary.csv, rd_*.png, grid.png); "
-          f"peak memory {results['peak_rss_gib']:.2f} GiB")
+    print(f"wrote {target}/ (results.json, per_image.csv, summary.csv, rd_*.png, grid.png"
+          f"{', report.html' if crops else ''}); peak memory {results['peak_rss_gib']:.2f} GiB")
 
 
 def parse_data(specs: Sequence[str]) -> dict[str, str]:
@@ -94,9 +100,10 @@ def _load(ns):
 
 def _clear(target: pathlib.Path) -> None:
   """Removes the outputs of an earlier evaluation (with --force); nothing else in `target`."""
-  from hybridflow_jax.evaluation import plots, report
+  from hybridflow_jax.evaluation import plots, report, visual
   for name in (*report.FILES, *plots.FILES):
     (target / name).unlink(missing_ok=True)
+  visual.clear(target)
   if (target / "files").is_dir():
     for f in (target / "files").glob("*.hfc"):
       f.unlink()

@@ -13,6 +13,7 @@ get that low).
     baselines.py   the Pillow codecs and their quality search
     report.py      results.json (CompressAI's layout plus ours), per_image.csv, summary.csv, the table
     plots.py       rd_psnr.png, rd_ms-ssim.png, rd_lpips.png (with reference curves), grid.png
+    visual.py      report.html: crops of every codec's decoded images side by side, with sliders
     references.py  published curves: reference_curves/<dataset>/*.json, installed with the package
 
 `docs/results.md` describes the files; `hybridflow_jax/commands/eval.py` is the command.
