@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh clone (Python >= 3.11, make, bash):
 #   make demo   - create .venv, install, train the whole pipeline on the bundled photos, then the
-#                 ablation on the held-out photos: runs/demo/ablation/ (table, figure, panel.png)
+#                 ablation on the held-out photos: runs/demo/ablation/ (table, figure, panel.png,
+#                 report.html)
 #   make test   - create .venv, install with test extras, run lint and the test suite
 PYTHON ?= python3
 VENV   ?= .venv

@@ -155,12 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
                  type=_local_path,
                  help="the run whose finished `baseline` stage is the continuous-only codec, "
                       "built as that run's config.json records it (default: --workdir)")
-  _add_data_flags(p, "directory for ablation.json/.md/.png and panel.png",
+  _add_data_flags(p, "directory for ablation.json/.md/.png, panel.png and report.html",
                   "replace earlier ablation results in --out")
   p.add_argument("--schedules", default=",".join(("1_4", "1_9", "1_16", "dynamic")),
                  help="hybrid operating points, comma-separated; must include 1_4 "
                       "(default 1_4,1_9,1_16,dynamic)")
   p.add_argument("--no-avif", dest="avif", action="store_false", help="leave out the AVIF row")
+  p.add_argument("--report-images", "--report_images", dest="report_images", type=int, default=None,
+                 help="images whose crops report.html shows, every row side by side (default: "
+                      "every image; 0: no report)")
 
   p = command("eval", "evaluate a model on image sets: real files, PSNR, MS-SSIM, LPIPS, "
               "baselines, plots (--model NAME|PATH --data NAME=SOURCE --out DIR)")

@@ -1,6 +1,7 @@
 """`hybridflow ablate` on the tiny run: every row is a real file decoded, and its outputs exist."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -51,6 +52,26 @@ def test_ablation_writes_every_row_from_real_files(ablation):
   assert [c["check"].split()[0] for c in results["checks"]] == [
       "hybrid", "continuous-only", "hybrid", "hybrid", "dynamic"]
   assert "| check | measured |" in r.stdout and "| check |" in (out / "ablation.md").read_text()
+
+
+def test_ablation_report_shows_every_row_beside_the_original(ablation):
+  out, _ = ablation
+  page = (out / "report.html").read_text()
+  results = json.loads((out / "ablation.json").read_text())
+  sources = set(re.findall(r'src="([^"]+)"', page))
+  assert all((out / src).is_file() for src in sources), sources
+  # One section per image (the default: all of them), a crop of every row of that image: the
+  # hybrid and codebook-only at every schedule, the rows matched to 1_4 in its line.
+  assert re.findall(r'<section data-image="([^"]+)"', page) == results["images"]
+  shown = {src.split(".", 1)[1] for src in sources if src.endswith(".png")}
+  assert shown == {"original.png", *(f"{m}.{p}.png" for m in ("hybrid", "codebook-only")
+                                     for p in ("1_4", "1_9", "1_16", "dynamic")),
+                   "hybrid-y-0.1_4.png", "continuous-head.1_4.png", "continuous-only.1_4.png",
+                   "avif.1_4.png"}
+  # Captions are the rows' own figures (AVIF's with its quality and scale).
+  avif = next(r for r in results["rows"] if r["method"] == "avif")
+  assert f"{avif['bpp']:.4f} bpp &middot; {avif['psnr-rgb']:.2f} dB" in page and avif["point"] in page
+  assert "holds" in page and "hybrid PSNR &gt;= codebook-only" in page
 
 
 def _mean(method, point, bpp, psnr, lpips):

@@ -27,6 +27,8 @@ def run(ns) -> None:
     raise UserError(f"--schedules must include {ablation.REFERENCE_POINT} (the matched point)")
   if ns.limit is not None and ns.limit < 1:
     raise UserError("--limit must be at least 1")
+  if ns.report_images is not None and ns.report_images < 0:
+    raise UserError("--report-images must be 0 (no report) or more")
   out = pathlib.Path(ns.out)
   if out.exists() and not out.is_dir():
     raise UserError(f"--out {out} exists and is not a directory")
@@ -42,7 +44,7 @@ def run(ns) -> None:
     codec, decoders, continuous, _ = ablation.load(
         ns.workdir, baseline_workdir=ns.baseline_workdir, prior_images=ns.prior_images, log=log)
   results = ablation.run(codec, decoders, continuous, images, out, schedules=points,
-                         avif=ns.avif, log=log)
+                         avif=ns.avif, report_images=ns.report_images, log=log)
   print(ablation.table(results))
   print()
   print(ablation.checks_table(results["checks"]))

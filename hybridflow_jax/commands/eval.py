@@ -26,7 +26,7 @@ def run(ns) -> None:
   # After the checks that need nothing else (a mistyped flag answers at once, not after ~3 s of
   # importing jax, the codec and the plotting).
   from hybridflow_jax.data import pipeline
-  from hybridflow_jax.evaluation import baselines, loop, plots, references, report, visual
+  from hybridflow_jax.evaluation import baselines, loop, plots, references, report
   chosen = None if ns.baselines is None else [
       b.strip() for b in ns.baselines.split(",") if b.strip() and b.strip() != "none"]
   baseline_codecs = baselines.baselines(chosen)
@@ -62,7 +62,7 @@ def run(ns) -> None:
     plots.rate_distortion(results, references.reference_curves(name, curves_root), target)
     plots.grid(samples, rows, target / "grid.png")
     if crops:
-      visual.write(target, crops, rows, results)
+      report.write_visual(target, crops, rows, results)
     print(report.table(results))
     print(f"wrote {target}/ (results.json, per_image.csv, summary.csv, rd_*.png, grid.png"
           f"{', report.html' if crops else ''}); peak memory {results['peak_rss_gib']:.2f} GiB")

@@ -51,7 +51,7 @@ from hybridflow_jax.codec.api import Codec, greyscale, to_uint8
 from hybridflow_jax.codec.coder import Decoder, Encoder
 from hybridflow_jax.data import pipeline
 from hybridflow_jax.errors import UserError
-from hybridflow_jax.evaluation import baselines
+from hybridflow_jax.evaluation import baselines, loop, visual
 from hybridflow_jax.evaluation.measures import Measures
 from hybridflow_jax.models import hybridflow as hf
 from hybridflow_jax.models.transformer import decode_tokens
@@ -62,7 +62,7 @@ from hybridflow_jax.train.rundir import RunDir
 SCHEDULES = ("1_4", "1_9", "1_16", schedules_lib.DYNAMIC)
 REFERENCE_POINT = "1_4"      # the point the y=0, continuous-only and AVIF rows are matched to
 METRICS = ("bpp", "psnr-rgb", "ms-ssim-rgb", "lpips-alex", "token_acc")
-FILES = ("ablation.json", "ablation.md", "ablation.png", "panel.png")
+FILES = ("ablation.json", "ablation.md", "ablation.png", "panel.png", *visual.FILES)
 
 
 class _Decoders:
@@ -198,16 +198,21 @@ def load(workdir, *, baseline_workdir=None, prior_images: int | None = 1000,
 
 def run(codec: Codec, decoders: _Decoders, continuous: dict[str, ContinuousOnlyCodec],
         images: Sequence[tuple[str, np.ndarray]], out: pathlib.Path, *,
-        schedules: Sequence[str] = SCHEDULES, avif: bool = True,
+        schedules: Sequence[str] = SCHEDULES, avif: bool = True, report_images: int | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Measures every row on every image; writes FILES into `out`; returns the results."""
+  """Measures every row on every image; writes FILES into `out` (report.html with the crops of the
+  first `report_images` images, all if None; none if 0); returns the results."""
   if REFERENCE_POINT not in schedules:
     raise UserError(f"the ablation needs the {REFERENCE_POINT} point among its schedules")
   measure = Measures()
   rows: list[dict[str, Any]] = []
   panel: dict[str, tuple[np.ndarray, dict]] = {}
+  crops: list[visual.Crops] = []
+  figures: visual.Figures = {}
+  stems: set[str] = set()
   for n, (name, rgb) in enumerate(images):
     pixels = rgb.shape[0] * rgb.shape[1]
+    shown: dict[tuple[str, str], np.ndarray] = {}
     for method, point, bits, decoded, extra in _decodings(codec, decoders, continuous, rgb,
                                                           schedules, avif):
       row = {"image": name, "method": method, "point": point, "bpp": bits / pixels,
@@ -216,6 +221,13 @@ def run(codec: Codec, decoders: _Decoders, continuous: dict[str, ContinuousOnlyC
       rows.append(row)
       if n == 0:
         panel[f"{method} {point}".strip()] = (decoded, row)
+      # In the report, the rows matched to the reference point sit in its line.
+      at = point if point in schedules else REFERENCE_POINT
+      shown[method, at] = decoded
+      figures[name, method, at] = {**row, "note": "" if point in ("", at) else point}
+    if report_images is None or len(crops) < report_images:
+      stems.add(stem := loop.file_stem(name, stems))
+      crops.append(visual.crops(name, stem, rgb, shown))
     log(f"ablation: {name} done ({n + 1}/{len(images)})")
   results = {"images": [name for name, _ in images], "rows": rows, "means": _means(rows)}
   results["checks"] = checks(results["means"])
@@ -224,7 +236,30 @@ def run(codec: Codec, decoders: _Decoders, continuous: dict[str, ContinuousOnlyC
   (out / "ablation.md").write_text(table(results) + "\n\n" + checks_table(results["checks"]) + "\n")
   _figure(results, out / "ablation.png")
   _panel(images[0], panel, out / "panel.png")
+  visual.clear(out)
+  if crops:
+    _report(results, crops, figures, schedules, out)
   return results
+
+
+def _report(results: dict[str, Any], crops: Sequence[visual.Crops], figures: visual.Figures,
+            schedules: Sequence[str], out: pathlib.Path) -> None:
+  """out/report.html: the crops of every row, a line per schedule (the rows matched to the
+  reference point in its line), under the means and the checks."""
+  fmt = lambda v, f: None if not math.isfinite(v) else f.format(v)  # noqa: E731
+  means = [[m["method"], m["point"], fmt(m["bpp"], "{:.4f}"), fmt(m["psnr-rgb"], "{:.2f}"),
+            fmt(m["ms-ssim-rgb"], "{:.4f}"), fmt(m["lpips-alex"], "{:.4f}"),
+            fmt(m["token_acc"], "{:.3f}")] for m in results["means"]]
+  checks_rows = [[c["check"], c["measured"], "yes" if c["holds"] else
+                  ("no" if c["holds"] is False else "not judged")] for c in results["checks"]]
+  intro = (f"<p>{len(results['images'])} images. Means over every image, from real files:</p>"
+           + visual.html_table(("method", "point", "bpp (file)", "PSNR (dB)", "MS-SSIM",
+                                "LPIPS-Alex", "token acc."), means)
+           + "<p>The paper's claims on these means:</p>"
+           + visual.html_table(("check", "measured", "holds"), checks_rows))
+  columns = [m for m in _STYLE if any(key[1] == m for key in figures)]
+  visual.write(out, crops, figures, title="HybridFlow ablation", intro=intro, columns=columns,
+               points=schedules)
 
 
 def _decodings(codec: Codec, decoders: _Decoders, continuous: dict[str, ContinuousOnlyCodec],

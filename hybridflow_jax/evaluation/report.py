@@ -1,9 +1,10 @@
 """What `hybridflow eval` writes and prints per data set: results.json, per_image.csv, summary.csv,
-and a text table of the means (docs/results.md describes the files)."""
+report.html, and a text table of the means (docs/results.md describes the files)."""
 
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import pathlib
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from hybridflow_jax.evaluation import visual
 from hybridflow_jax.evaluation.baselines import Baseline
 
 # Our metric keys, in table order; the first five are CompressAI's result keys.
@@ -82,6 +84,30 @@ def table(results: dict[str, Any]) -> str:
         cells.append("-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v))
       lines.append(f"{codec_name:>10s}{op:>10s}" + "".join(f"{c:>10s}" for c in cells))
   return "\n".join(lines)
+
+
+def write_visual(out: pathlib.Path, crops: Sequence[visual.Crops],
+                 rows: Sequence[dict[str, Any]], results: dict[str, Any]) -> None:
+  """out/report.html: the crops of the first images by every codec at every point, under the
+  means."""
+  dataset = results["dataset"]
+  means = []
+  for codec_name, block in blocks(results):
+    for i, op in enumerate(results["operating_points"]):
+      r = block["results"]
+      means.append([codec_name, op, *(None if r[k][i] is None else fmt.format(r[k][i])
+                                      for k, fmt in (("bpp", "{:.4f}"), ("psnr-rgb", "{:.2f}"),
+                                                     ("ms-ssim-rgb", "{:.4f}"),
+                                                     ("lpips-alex", "{:.4f}")))])
+  intro = (f"<p>Model <code>{html.escape(results['model']['fingerprint'])}</code>; "
+           f"{dataset['images']} images of <code>{html.escape(dataset['source'])}</code>. Means "
+           "over every image, from the real files (the baselines coded at our real bpp):</p>"
+           + visual.html_table(("codec", "point", "bpp", "PSNR (dB)", "MS-SSIM", "LPIPS-Alex"),
+                               means))
+  visual.write(out, crops, {(r["image"], r["codec"], r["operating_point"]): r for r in rows},
+               title=f"HybridFlow on {dataset['name']}", intro=intro,
+               columns=[name for name, _ in blocks(results)],
+               points=results["operating_points"])
 
 
 def blocks(results: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -1,10 +1,11 @@
-"""The visual report of `hybridflow eval`: OUT/NAME/report.html and the crops it shows (report/).
+"""The visual reports of `hybridflow eval` and `hybridflow ablate`: report.html and the crops it
+shows (report/).
 
 For each of the first images of a data set, one crop of the original where it has the most detail
-(`crop_box`) and the same crop of what every codec decoded at every operating point, side by side:
-a row per operating point, a column per codec (ours first, then the baselines at our real bpp). Each
+(`crop_box`) and the same crop of what every codec (eval) or every row of the ablation decoded at
+every operating point, side by side: a row per operating point, a column per codec or method. Each
 crop carries a slider that uncovers the original under it, and its bpp, PSNR and LPIPS from the
-evaluation's rows (of the whole image, not the crop). The crops are PNG, cut from the decoded images
+measured rows (of the whole image, not the crop). The crops are PNG, cut from the decoded images
 as measured, so what the page shows is what the metrics were computed on. One static page, no
 script or style from outside it: it opens from the results folder, offline.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import io
+import math
 import pathlib
 import re
 from collections.abc import Sequence
@@ -25,9 +27,14 @@ from PIL import Image
 CROP = 256          # crop side, pixels (a whole image when smaller)
 CONTEXT_WIDTH = 384  # the original's thumbnail (JPEG), with the crop marked on it
 DIR = "report"       # the crops' folder beside report.html
+FILES = ("report.html",)
 # The names `write` gives files in report/: STEM.original.png, STEM.CODEC.POINT.png, STEM.context.jpg
 # (a stem has no '/'; an operating point no '.').
-_WRITTEN = re.compile(r"[^/]+\.(original\.png|[a-z]+\.[^./]+\.png|context\.jpg)")
+_WRITTEN = re.compile(r"[^/]+\.(original\.png|[a-z0-9-]+\.[^./]+\.png|context\.jpg)")
+
+
+# (image name, column: a codec or method, operating point) -> that file's row of measures.
+Figures = dict[tuple[str, str, str], dict[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +47,7 @@ class Crops:
   box: tuple[int, int, int, int]    # (top, left, height, width) of the crop
   original: np.ndarray              # uint8 [h, w, 3]
   context: bytes                    # a JPEG thumbnail of the whole original
-  decoded: dict[tuple[str, str], np.ndarray]
+  decoded: dict[tuple[str, str], np.ndarray]   # (column, operating point) -> crop
 
 
 def crop_box(rgb: np.ndarray, size: int = CROP, step: int = 8) -> tuple[int, int, int, int]:
@@ -66,7 +73,7 @@ def crop_box(rgb: np.ndarray, size: int = CROP, step: int = 8) -> tuple[int, int
 
 def crops(name: str, stem: str, rgb: np.ndarray,
           decoded: dict[tuple[str, str], np.ndarray]) -> Crops:
-  """The crops of one image: uint8 [H, W, 3] `rgb` and its decoded images by (codec, point)."""
+  """The crops of one image: uint8 [H, W, 3] `rgb` and its decoded images by (column, point)."""
   top, left, ch, cw = box = crop_box(rgb)
   cut = (slice(top, top + ch), slice(left, left + cw))
   h, w = rgb.shape[:2]
@@ -79,34 +86,40 @@ def crops(name: str, stem: str, rgb: np.ndarray,
                {key: np.ascontiguousarray(img[cut]) for key, img in decoded.items()})
 
 
-def crop_path(stem: str, codec: str, point: str | None = None) -> str:
+def crop_path(stem: str, column: str, point: str | None = None) -> str:
   """The crop's path relative to the report: report/STEM.original.png or
-  report/STEM.CODEC.POINT.png."""
-  return f"{DIR}/{stem}.original.png" if codec == "original" else f"{DIR}/{stem}.{codec}.{point}.png"
+  report/STEM.COLUMN.POINT.png (a column's spaces and '=' as '-')."""
+  if column == "original":
+    return f"{DIR}/{stem}.original.png"
+  return f"{DIR}/{stem}.{column.replace(' ', '-').replace('=', '-')}.{point}.png"
 
 
-def write(out: pathlib.Path, samples: Sequence[Crops], rows: Sequence[dict[str, Any]],
-          results: dict[str, Any]) -> None:
-  """out/report.html and out/report/*: the crops of `samples` with the figures of `rows` (the
-  evaluation's per-image rows) and the means of `results` (`report.summarize`)."""
+def write(out: pathlib.Path, samples: Sequence[Crops], figures: Figures, *, title: str,
+          intro: str, columns: Sequence[str], points: Sequence[str]) -> None:
+  """out/report.html and out/report/*: per sample, a table of its crops with a row per operating
+  point of `points` and a column per codec or method of `columns` (after the original's), each
+  captioned from `figures[(image, column, point)]` (a row of measures: bpp, psnr-rgb, lpips-alex
+  and, for a file coded scaled down, scale); cells without a crop stay empty. `intro`: HTML put
+  above the crops (e.g. `html_table` of the means)."""
   (out / DIR).mkdir(exist_ok=True)
-  points = results["operating_points"]
-  codecs = ["hybridflow", *results["baselines"]]
-  by_key = {(r["image"], r["codec"], r["operating_point"]): r for r in rows}
   sections = []
   for s in samples:
     Image.fromarray(s.original).save(out / crop_path(s.stem, "original"))
     (out / DIR / f"{s.stem}.context.jpg").write_bytes(s.context)
-    for (codec, point), img in s.decoded.items():
-      Image.fromarray(img).save(out / crop_path(s.stem, codec, point))
-    sections.append(_section(s, points, codecs, by_key))
-  dataset = results["dataset"]
-  title = f"HybridFlow on {dataset['name']}"
-  page = _PAGE.format(
-      title=_e(title), model=_e(results["model"]["fingerprint"]), images=dataset["images"],
-      source=_e(dataset["source"]), means=_means(results, codecs), crop=CROP,
-      sections="\n".join(sections))
+    for (column, point), img in s.decoded.items():
+      Image.fromarray(img).save(out / crop_path(s.stem, column, point))
+    sections.append(_section(s, points, columns, figures))
+  page = _PAGE.format(title=_e(title), intro=intro, crop=CROP, sections="\n".join(sections))
   (out / "report.html").write_text(page, encoding="utf-8")
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A table of figures for `intro`: NaN and None as '-', the rest as given (format first)."""
+  def cell(v):
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else _e(v)
+  head = "".join(f"<th>{_e(h)}</th>" for h in header)
+  body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+  return f'<table class="means"><tr>{head}</tr>{body}</table>'
 
 
 def clear(out: pathlib.Path) -> None:
@@ -119,20 +132,19 @@ def clear(out: pathlib.Path) -> None:
         f.unlink()
 
 
-def _section(s: Crops, points: Sequence[str], codecs: Sequence[str],
-             by_key: dict[tuple[str, str, str], dict[str, Any]]) -> str:
+def _section(s: Crops, points: Sequence[str], columns: Sequence[str], figures: Figures) -> str:
   top, left, ch, cw = s.box
   h, w = s.shape
   mark = (f"left:{100 * left / w:.3f}%;top:{100 * top / h:.3f}%;"
           f"width:{100 * cw / w:.3f}%;height:{100 * ch / h:.3f}%")
-  head = "".join(f"<th>{_e(c)}</th>" for c in ("", "original", *codecs))
+  head = "".join(f"<th>{_e(c)}</th>" for c in ("", "original", *columns))
   body = []
   for point in points:
     cells = [f"<th>{_e(point)}</th>",
              f'<td><img src="{_e(crop_path(s.stem, "original"))}" width="{cw}" height="{ch}" '
              f'alt="original"><div class="cap">{w}x{h}, crop at ({left}, {top})</div></td>']
-    for codec in codecs:
-      r = by_key.get((s.name, codec, point))
+    for codec in columns:
+      r = figures.get((s.name, codec, point))
       if r is None or (codec, point) not in s.decoded:
         cells.append("<td></td>")
         continue
@@ -155,23 +167,9 @@ def _caption(r: dict[str, Any]) -> str:
   parts = [f"{r['bpp']:.4f} bpp", f"{r['psnr-rgb']:.2f} dB", f"LPIPS {r['lpips-alex']:.3f}"]
   if r.get("scale") not in ("", None, 1, 1.0):
     parts.append(f"coded at {r['scale']}x size")
+  if r.get("note"):
+    parts.append(r["note"])
   return " &middot; ".join(_e(p) for p in parts)
-
-
-def _means(results: dict[str, Any], codecs: Sequence[str]) -> str:
-  head = "<tr><th>codec</th><th>point</th><th>bpp</th><th>PSNR (dB)</th><th>MS-SSIM</th>" \
-         "<th>LPIPS-Alex</th></tr>"
-  lines = []
-  for codec in codecs:
-    block = results if codec == "hybridflow" else results["baselines"][codec]
-    for i, point in enumerate(results["operating_points"]):
-      cells = [codec, point]
-      for key, fmt in (("bpp", "{:.4f}"), ("psnr-rgb", "{:.2f}"), ("ms-ssim-rgb", "{:.4f}"),
-                       ("lpips-alex", "{:.4f}")):
-        v = block["results"][key][i]
-        cells.append("-" if v is None or v != v else fmt.format(v))
-      lines.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
-  return f"<table class=\"means\">{head}{''.join(lines)}</table>"
 
 
 def _e(x: Any) -> str:
@@ -196,9 +194,7 @@ img {{ image-rendering: pixelated; display: block; }}
 </style></head>
 <body>
 <h1>{title}</h1>
-<p>Model <code>{model}</code>; {images} images of <code>{source}</code>. Means over every image,
-from the real files (the baselines coded at our real bpp):</p>
-{means}
+{intro}
 <p>Below, for the first images, a crop of at most {crop}x{crop} pixels where the original has the
 most detail, shown at one screen pixel per image pixel (zoom in to see more). Each decoded crop lies
 over the original: drag its slider to uncover the original from the left. Figures under a crop are
