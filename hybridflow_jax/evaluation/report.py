@@ -91,14 +91,11 @@ def write_visual(out: pathlib.Path, crops: Sequence[visual.Crops],
   """out/report.html: the crops of the first images by every codec at every point, under the
   means."""
   dataset = results["dataset"]
-  means = []
-  for codec_name, block in blocks(results):
-    for i, op in enumerate(results["operating_points"]):
-      r = block["results"]
-      means.append([codec_name, op, *(None if r[k][i] is None else fmt.format(r[k][i])
-                                      for k, fmt in (("bpp", "{:.4f}"), ("psnr-rgb", "{:.2f}"),
-                                                     ("ms-ssim-rgb", "{:.4f}"),
-                                                     ("lpips-alex", "{:.4f}")))])
+  shown = (("bpp", "{:.4f}"), ("psnr-rgb", "{:.2f}"), ("ms-ssim-rgb", "{:.4f}"),
+           ("lpips-alex", "{:.4f}"))
+  means = [[codec_name, op, *(_formatted(block["results"][key][i], fmt) for key, fmt in shown)]
+           for codec_name, block in blocks(results)
+           for i, op in enumerate(results["operating_points"])]
   intro = (f"<p>Model <code>{html.escape(results['model']['fingerprint'])}</code>; "
            f"{dataset['images']} images of <code>{html.escape(dataset['source'])}</code>. Means "
            "over every image, from the real files (the baselines coded at our real bpp):</p>"
@@ -114,6 +111,10 @@ def blocks(results: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
   """(codec name, its block: {"results": {metric: [mean per operating point]}}), ours first."""
   yield "hybridflow", results
   yield from results["baselines"].items()
+
+
+def _formatted(v: float | None, fmt: str) -> str | None:
+  return None if v is None or math.isnan(v) else fmt.format(v)
 
 
 def _mean(values: Sequence[float]) -> float:
