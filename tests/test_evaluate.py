@@ -177,6 +177,21 @@ def test_the_report_crops_where_the_image_has_detail():
   assert visual.crop_box(np.zeros((300, 400, 3), np.uint8), size=96) == (0, 0, 96, 96)
 
 
+def test_the_report_page_escapes_image_names(tmp_path):
+  rgb = np.random.default_rng(1).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+  name = 'x/<b>&"q".png'
+  c = visual.crops(name, loop.file_stem(name), rgb, {("hybridflow", "1_4"): rgb[::-1]})
+  row = {"bpp": 0.04, "psnr-rgb": 20.0, "lpips-alex": 0.5}
+  visual.write(tmp_path, [c], {(name, "hybridflow", "1_4"): row}, title="t <1>", intro="",
+               columns=["hybridflow"], points=["1_4"])
+  page = (tmp_path / "report.html").read_text()
+  assert "<b>" not in page and "&lt;b&gt;&amp;&quot;q&quot;.png" in page and "t &lt;1&gt;" in page
+  src = set(re.findall(r'src="([^"]+)"', page))  # context, original, decoded
+  assert len(src) == 3 and all((tmp_path / s).is_file() for s in src), src
+  np.testing.assert_array_equal(
+      np.asarray(Image.open(tmp_path / visual.crop_path(c.stem, "hybridflow", "1_4"))), rgb[::-1])
+
+
 def test_replacing_a_report_removes_its_crops_and_nothing_else(tmp_path):
   ours = ("report.html", "report/a.original.png", "report/a.context.jpg",
           "report/a.hybridflow.1_4.png", "report/a-2.avif.dynamic.png")
