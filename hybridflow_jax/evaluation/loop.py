@@ -9,6 +9,7 @@ import pathlib
 import sys
 import time
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import numpy as np
@@ -137,7 +138,7 @@ def _timed(fn: Callable, *args, **kwargs):
   return out, time.perf_counter() - t
 
 
-def file_stem(image_name: str, taken: set[str] = frozenset()) -> str:
+def file_stem(image_name: str, taken: AbstractSet[str] = frozenset()) -> str:
   """An image's name as a file stem, the name of its files and crops: its folders joined by '_',
   other characters than letters, digits, '-', '_' and '.' replaced by '_', and '-2', '-3', ...
   appended when the stem is `taken` (`a.png` and `a.jpg`, `a/b.png` and `a_b.png`)."""
