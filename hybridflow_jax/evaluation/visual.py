@@ -56,13 +56,15 @@ def crop_box(rgb: np.ndarray, size: int = CROP, step: int = 8) -> tuple[int, int
   `step` pixels; the first of equals, top-left first. Sides shorter than `size` are taken whole."""
   h, w = rgb.shape[:2]
   ch, cw = min(size, h), min(size, w)
-  luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-  detail = np.zeros((h, w))
+  # float32 images, a float64 table: a few image-sized arrays, however large the image.
+  luma = sum(np.float32(c) * rgb[..., i].astype(np.float32)
+             for i, c in enumerate((0.299, 0.587, 0.114)))
+  detail = np.zeros((h, w), np.float32)
   detail[:, :-1] += np.abs(np.diff(luma, axis=1))
   detail[:-1, :] += np.abs(np.diff(luma, axis=0))
   # Window sums from the summed-area table, at every candidate corner.
   table = np.zeros((h + 1, w + 1))
-  table[1:, 1:] = detail.cumsum(0).cumsum(1)
+  table[1:, 1:] = detail.cumsum(0, dtype=np.float64).cumsum(1)
   tops = np.unique(np.r_[np.arange(0, h - ch + 1, step), h - ch])
   lefts = np.unique(np.r_[np.arange(0, w - cw + 1, step), w - cw])
   t, lf = tops[:, None], lefts[None, :]
