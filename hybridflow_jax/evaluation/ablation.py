@@ -246,10 +246,10 @@ def _report(results: dict[str, Any], crops: Sequence[visual.Crops], figures: vis
             schedules: Sequence[str], out: pathlib.Path) -> None:
   """out/report.html: the crops of every row, a line per schedule (the rows matched to the
   reference point in its line), under the means and the checks."""
-  fmt = lambda v, f: None if not math.isfinite(v) else f.format(v)  # noqa: E731
-  means = [[m["method"], m["point"], fmt(m["bpp"], "{:.4f}"), fmt(m["psnr-rgb"], "{:.2f}"),
-            fmt(m["ms-ssim-rgb"], "{:.4f}"), fmt(m["lpips-alex"], "{:.4f}"),
-            fmt(m["token_acc"], "{:.3f}")] for m in results["means"]]
+  shown = (("bpp", "{:.4f}"), ("psnr-rgb", "{:.2f}"), ("ms-ssim-rgb", "{:.4f}"),
+           ("lpips-alex", "{:.4f}"), ("token_acc", "{:.3f}"))
+  means = [[m["method"], m["point"], *(visual.figure(m[key], fmt) for key, fmt in shown)]
+           for m in results["means"]]
   checks_rows = [[c["check"], c["measured"], "yes" if c["holds"] else
                   ("no" if c["holds"] is False else "not judged")] for c in results["checks"]]
   intro = (f"<p>{len(results['images'])} images. Means over every image, from real files:</p>"

@@ -93,7 +93,7 @@ def write_visual(out: pathlib.Path, crops: Sequence[visual.Crops],
   dataset = results["dataset"]
   shown = (("bpp", "{:.4f}"), ("psnr-rgb", "{:.2f}"), ("ms-ssim-rgb", "{:.4f}"),
            ("lpips-alex", "{:.4f}"))
-  means = [[codec_name, op, *(_formatted(block["results"][key][i], fmt) for key, fmt in shown)]
+  means = [[codec_name, op, *(visual.figure(block["results"][key][i], fmt) for key, fmt in shown)]
            for codec_name, block in blocks(results)
            for i, op in enumerate(results["operating_points"])]
   intro = (f"<p>Model <code>{html.escape(results['model']['fingerprint'])}</code>; "
@@ -111,10 +111,6 @@ def blocks(results: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
   """(codec name, its block: {"results": {metric: [mean per operating point]}}), ours first."""
   yield "hybridflow", results
   yield from results["baselines"].items()
-
-
-def _formatted(v: float | None, fmt: str) -> str | None:
-  return None if v is None or math.isnan(v) else fmt.format(v)
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -89,10 +89,12 @@ def crops(name: str, stem: str, rgb: np.ndarray,
 
 
 def crop_path(stem: str, column: str, point: str | None = None) -> str:
-  """The crop's path relative to the report: report/STEM.original.png or
-  report/STEM.COLUMN.POINT.png (a column's spaces and '=' as '-')."""
+  """A picture's path relative to the report: report/STEM.original.png, report/STEM.context.jpg
+  (the thumbnail) or report/STEM.COLUMN.POINT.png (a column's spaces and '=' as '-')."""
   if column == "original":
     return f"{DIR}/{stem}.original.png"
+  if column == "context":
+    return f"{DIR}/{stem}.context.jpg"
   return f"{DIR}/{stem}.{column.replace(' ', '-').replace('=', '-')}.{point}.png"
 
 
@@ -107,7 +109,7 @@ def write(out: pathlib.Path, samples: Sequence[Crops], figures: Figures, *, titl
   sections = []
   for s in samples:
     Image.fromarray(s.original).save(out / crop_path(s.stem, "original"))
-    (out / DIR / f"{s.stem}.context.jpg").write_bytes(s.context)
+    (out / crop_path(s.stem, "context")).write_bytes(s.context)
     for (column, point), img in s.decoded.items():
       Image.fromarray(img).save(out / crop_path(s.stem, column, point))
     sections.append(_section(s, points, columns, figures))
@@ -116,12 +118,16 @@ def write(out: pathlib.Path, samples: Sequence[Crops], figures: Figures, *, titl
 
 
 def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-  """A table of figures for `intro`: NaN and None as '-', the rest as given (format first)."""
-  def cell(v):
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else _e(v)
+  """A table for `intro`: cells as given (`figure` formats numbers), None as '-'."""
   head = "".join(f"<th>{_e(h)}</th>" for h in header)
-  body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+  body = "".join("<tr>" + "".join(f"<td>{'-' if v is None else _e(v)}</td>" for v in row) + "</tr>"
+                 for row in rows)
   return f'<table class="means"><tr>{head}</tr>{body}</table>'
+
+
+def figure(v: float | None, fmt: str) -> str | None:
+  """`v` formatted with `fmt` for `html_table`; None for a missing or non-finite figure."""
+  return None if v is None or not math.isfinite(v) else fmt.format(v)
 
 
 def clear(out: pathlib.Path) -> None:
@@ -160,7 +166,7 @@ def _section(s: Crops, points: Sequence[str], columns: Sequence[str], figures: F
     body.append("<tr>" + "".join(cells) + "</tr>")
   return (f'<section data-image="{_e(s.name)}" data-crop="{top},{left},{ch},{cw}">'
           f"<h2>{_e(s.name)}</h2>"
-          f'<div class="context"><img src="{_e(DIR)}/{_e(s.stem)}.context.jpg" alt="{_e(s.name)}">'
+          f'<div class="context"><img src="{_e(crop_path(s.stem, "context"))}" alt="{_e(s.name)}">'
           f'<div class="mark" style="{mark}"></div></div>'
           f"<table><tr>{head}</tr>{''.join(body)}</table></section>")
 
