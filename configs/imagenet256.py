@@ -1,7 +1,9 @@
 """HybridFlow at paper scale: ImageNet 256x256 crops, K=1024 codes at stride 16, a MaskGIT-size
-transformer. Launch on every host of a pod or cluster:
+transformer. Launch on every host of a pod or cluster (README, "Launching on several processes,
+pods and clusters") with a work directory every host sees at the same local path (an NFS share,
+or a bucket mounted with Cloud Storage FUSE; a gs:// URL is refused):
 
-    hybridflow train --config configs/imagenet256.py --workdir gs://BUCKET/hybridflow/imagenet256
+    hybridflow train --config configs/imagenet256.py --workdir /mnt/shared/hybridflow/imagenet256
     hybridflow info --config configs/imagenet256.py
 
 All sizes are the base config's (see hybridflow_jax/config.py for where each comes from).
