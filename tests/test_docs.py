@@ -55,10 +55,10 @@ def _words(line: str) -> tuple[list[str], bool] | None:
   cut = next((k for k, w in enumerate(words) if "..." in w), len(words))
   if cut < len(words) and words[cut - 1].startswith("--"):
     return None  # `--config ... --workdir ...`: a pattern, not a command
+  whole = cut == len(words)
   words = words[:cut]
   while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # WORKDIR=... hybridflow ...
     words.pop(0)
-  whole = cut == len(shlex.split(line))
   if words[:1] == ["hybridflow"] and len(words) > 1:
     return words[1:], whole
   for launcher, skip in LAUNCHERS.items():
